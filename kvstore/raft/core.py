@@ -1,0 +1,449 @@
+"""The Raft protocol as a deterministic state machine (Ongaro's thesis, chapter 3 and 6).
+
+No I/O, no clock, no global randomness: time is `tick()`, input is `step(msg)`,
+`propose(...)` and `read_index(...)`, randomness is the injected `random.Random`.
+Output accumulates in `msgs`, `read_states`, `dropped_reads` and the log, and is handed
+out by RawNode.ready().
+
+Extensions beyond the paper, as in etcd/raft: pre-vote (thesis 9.6) so a node coming back
+from a partition cannot depose a healthy leader; check-quorum, so a leader that cannot
+reach a majority steps down; leader stickiness (a node that heard from a leader within the
+election timeout ignores vote requests); a no-op at the start of each term; ReadIndex
+(thesis 6.4) with one heartbeat round confirming every read queued meanwhile.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kvstore.raft import quorum
+from kvstore.raft.errors import NotLeader
+from kvstore.raft.log import RaftLog
+from kvstore.raft.progress import Progress, ProgressState
+from kvstore.raft.storage import LogStorage
+from kvstore.raft.types import Entry, EntryType, Message, MessageType, ReadState, Role
+
+MT = MessageType
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    node_id: str
+    voters: tuple[str, ...]  # every voter, including this node
+    election_ticks: int = 10  # randomized timeout is in [election_ticks, 2 * election_ticks)
+    heartbeat_ticks: int = 1
+    max_inflight: int = 8  # unacknowledged appends per follower (pipelining bound)
+    max_msg_bytes: int = 4 << 20  # soft cap on the entry bytes in one append
+    pre_vote: bool = True
+    check_quorum: bool = True
+    applied: int = 0  # what the state machine has already applied (from its own storage)
+
+
+@dataclass
+class _PendingRead:
+    request_id: int
+    index: int
+    round: int
+
+
+class Raft:
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: LogStorage,
+        rng: random.Random,
+        logger: Callable[[str], None] | None = None,
+    ) -> None:
+        assert config.node_id in config.voters
+        self.id = config.node_id
+        self.cfg = config
+        self.voters = tuple(sorted(config.voters))
+        self.peers = tuple(v for v in self.voters if v != self.id)
+        self.rng = rng
+        self.log = RaftLog(storage, config.applied)
+        self._logger = logger
+        hs = storage.initial_state()
+        self.term = hs.term
+        self.vote = hs.vote
+        self.leader = ""
+        self.role = Role.FOLLOWER
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.dropped_reads: list[int] = []
+        self.prs: dict[str, Progress] = {}
+        self.votes: dict[str, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self._pending_reads: list[_PendingRead] = []
+        self._read_round = 0
+        self._read_round_wanted = False
+        self._reset_timeout()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _log_event(self, text: str) -> None:
+        if self._logger is not None:
+            self._logger(f"{self.id} {text}")
+
+    def _send(self, msg: Message) -> None:
+        self.msgs.append(msg)
+
+    def _reset_timeout(self) -> None:
+        e = self.cfg.election_ticks
+        self.randomized_timeout = e + self.rng.randrange(e)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = ""
+        self.leader = ""
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_timeout()
+        self.votes = {}
+        self.prs = {}
+        self._drop_pending_reads()
+
+    def _drop_pending_reads(self) -> None:
+        self.dropped_reads.extend(r.request_id for r in self._pending_reads)
+        self._pending_reads = []
+        self._read_round_wanted = False
+
+    def _quorum(self) -> int:
+        return quorum.majority(len(self.voters))
+
+    def committed_in_term(self) -> bool:
+        """A leader may serve ReadIndex only after committing an entry of its own term."""
+        return self.log.term(self.log.committed) == self.term
+
+    # -- role transitions ------------------------------------------------------------
+
+    def become_follower(self, term: int, leader: str) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._log_event(f"became follower at term {term} (leader {leader or '-'})")
+
+    def _become_pre_candidate(self) -> None:
+        # Pre-vote does not touch term or vote, so nothing needs persisting.
+        self.role = Role.PRE_CANDIDATE
+        self.votes = {}
+        self.leader = ""
+        self._log_event(f"became pre-candidate at term {self.term}")
+
+    def _become_candidate(self) -> None:
+        assert self.role != Role.LEADER
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self._log_event(f"became candidate at term {self.term}")
+
+    def _become_leader(self) -> None:
+        assert self.role == Role.CANDIDATE
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        last = self.log.last_index()
+        for v in self.voters:
+            pr = Progress(last + 1, self.cfg.max_inflight)
+            pr.recent_active = True
+            self.prs[v] = pr
+        self.prs[self.id].match = self.log.stable_last_index()
+        self._log_event(f"became leader at term {self.term}")
+        # Thesis 6.4: commit an entry of this term before serving reads; also commits
+        # everything earlier from previous terms.
+        self._append([Entry(self.term, last + 1, EntryType.NOOP, b"")])
+
+    def _campaign(self, pre: bool) -> None:
+        if pre:
+            self._become_pre_candidate()
+            msg_type, term = MT.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            msg_type, term = MT.VOTE, self.term
+        self.votes[self.id] = True
+        if self._tally():
+            return
+        last = self.log.last_index()
+        last_term = self.log.last_term()
+        for p in self.peers:
+            self._send(Message(msg_type, self.id, p, term, log_term=last_term, index=last))
+
+    def _tally(self) -> bool:
+        """Act on the votes so far; True when the election was decided."""
+        result = quorum.vote_result(self.votes, len(self.voters))
+        if result is None:
+            return False
+        if result:
+            if self.role == Role.PRE_CANDIDATE:
+                self._campaign(pre=False)
+            else:
+                self._become_leader()
+        else:
+            self.become_follower(self.term, "")
+        return True
+
+    # -- time ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.election_elapsed >= self.randomized_timeout:
+                self.election_elapsed = 0
+                self._reset_timeout()
+                self._campaign(pre=self.cfg.pre_vote)
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                self._log_event("stepped down: no quorum heard within the election timeout")
+                self.become_follower(self.term, "")
+                return
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = 1
+        for p in self.peers:
+            pr = self.prs[p]
+            if pr.recent_active:
+                active += 1
+            pr.recent_active = False
+        return active >= self._quorum()
+
+    # -- proposals and reads -----------------------------------------------------------
+
+    def propose(self, payloads: Sequence[bytes]) -> tuple[int, int]:
+        """Append one entry per payload as a single batch; returns (first index, term)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader)
+        first = self.log.last_index() + 1
+        self._append([Entry(self.term, first + i, EntryType.NORMAL, p)
+                      for i, p in enumerate(payloads)])
+        return first, self.term
+
+    def _append(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        # Our own match advances only once the runtime reports the entries durable
+        # (on_persisted), so the leader never counts an unsynced copy toward commit.
+        self._broadcast_append()
+
+    def read_index(self, request_id: int) -> None:
+        """Ask for a linearizable read point; answered later by a ReadState or a drop."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader)
+        index = self.log.committed
+        if len(self.voters) == 1 and self.committed_in_term():
+            self.read_states.append(ReadState(index, request_id))
+            return
+        # Reads queued before our no-op commits get their index once it does.
+        self._pending_reads.append(_PendingRead(request_id, index, self._read_round + 1))
+        if self.committed_in_term():
+            self._read_round_wanted = True
+
+    def flush_read_round(self) -> None:
+        """Send one heartbeat round confirming every read queued since the last round."""
+        if not self._read_round_wanted or self.role != Role.LEADER:
+            return
+        self._read_round_wanted = False
+        self._read_round += 1
+        self._broadcast_heartbeat()
+
+    def _release_reads(self) -> None:
+        if not self._pending_reads or not self.committed_in_term():
+            return
+        acks = sorted((self.prs[p].read_ack for p in self.peers), reverse=True)
+        # Self counts as one ack of every round; need quorum - 1 peers.
+        need = self._quorum() - 1
+        confirmed = acks[need - 1] if need > 0 else self._read_round
+        done = [r for r in self._pending_reads if r.round <= confirmed]
+        if not done:
+            return
+        self._pending_reads = [r for r in self._pending_reads if r.round > confirmed]
+        for r in done:
+            self.read_states.append(ReadState(r.index, r.request_id))
+
+    def _on_noop_committed(self) -> None:
+        """Reads that arrived before this term's first commit now get a read point."""
+        if not self._pending_reads:
+            return
+        for r in self._pending_reads:
+            r.index = max(r.index, self.log.committed)
+            r.round = self._read_round + 1
+        self._read_round_wanted = True
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _broadcast_append(self) -> None:
+        for p in self.peers:
+            self._send_append(p)
+
+    def _broadcast_heartbeat(self) -> None:
+        for p in self.peers:
+            pr = self.prs[p]
+            commit = min(pr.match, self.log.committed)
+            self._send(Message(MT.HEARTBEAT, self.id, p, self.term, commit=commit,
+                               context=self._read_round))
+
+    def _send_append(self, to: str) -> None:
+        """Send what `to` lacks; in REPLICATE an empty append goes out only to carry a
+        commit index it has not been sent yet, so followers apply promptly."""
+        pr = self.prs[to]
+        if pr.is_paused():
+            return
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        assert prev_term is not None, "log compaction is not supported yet"
+        entries = self.log.entries(pr.next, self.log.last_index() + 1, self.cfg.max_msg_bytes)
+        commit = self.log.committed
+        if not entries and pr.state == ProgressState.REPLICATE and commit <= pr.commit_sent:
+            return
+        pr.commit_sent = max(pr.commit_sent, commit)
+        self._send(Message(MT.APP, self.id, to, self.term, log_term=prev_term, index=prev,
+                           entries=tuple(entries), commit=commit))
+        pr.sent(entries[-1].index if entries else prev)
+
+    # -- stepping messages ---------------------------------------------------------------
+
+    def step(self, m: Message) -> None:
+        if m.term > self.term:
+            if m.type in (MT.VOTE, MT.PRE_VOTE):
+                in_lease = (self.cfg.check_quorum and self.leader != ""
+                            and self.election_elapsed < self.cfg.election_ticks)
+                if in_lease:
+                    # Leader stickiness: we heard from a live leader recently.
+                    return
+            if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
+                pass  # pre-votes never change our term
+            else:
+                leader = m.src if m.type in (MT.APP, MT.HEARTBEAT) else ""
+                self.become_follower(m.term, leader)
+        elif m.term < self.term:
+            if m.type in (MT.APP, MT.HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
+                # A deposed leader: tell it our term so it steps down.
+                self._send(Message(MT.APP_RESP, self.id, m.src, self.term))
+            elif m.type == MT.PRE_VOTE:
+                self._send(Message(MT.PRE_VOTE_RESP, self.id, m.src, self.term, reject=True))
+            return
+
+        if m.type in (MT.VOTE, MT.PRE_VOTE):
+            self._handle_vote_request(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._step_candidate(m)
+        else:
+            self._step_follower(m)
+
+    def _handle_vote_request(self, m: Message) -> None:
+        can_vote = (
+            self.vote == m.src
+            or (self.vote == "" and self.leader == "")
+            or (m.type == MT.PRE_VOTE and m.term > self.term)
+        )
+        resp_type = MT.VOTE_RESP if m.type == MT.VOTE else MT.PRE_VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # A pre-vote answer carries the term the candidate would use.
+            self._send(Message(resp_type, self.id, m.src, m.term))
+            if m.type == MT.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.src
+            self._log_event(f"granted {resp_type.name} to {m.src} at term {m.term}")
+        else:
+            self._send(Message(resp_type, self.id, m.src, self.term, reject=True))
+
+    def _step_candidate(self, m: Message) -> None:
+        want = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
+        if m.type == want:
+            self.votes.setdefault(m.src, not m.reject)
+            self._tally()
+        elif m.type in (MT.APP, MT.HEARTBEAT):
+            # Someone won this term.
+            self.become_follower(m.term, m.src)
+            self._step_follower(m)
+
+    def _step_follower(self, m: Message) -> None:
+        if m.type == MT.APP:
+            self.election_elapsed = 0
+            self.leader = m.src
+            self._handle_append(m)
+        elif m.type == MT.HEARTBEAT:
+            self.election_elapsed = 0
+            self.leader = m.src
+            self.log.commit_to(min(m.commit, self.log.last_index()))
+            self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context))
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=last_new))
+            return
+        hint = self.log.find_conflict_by_term(m.index, m.log_term)
+        self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=m.index, reject=True,
+                           reject_hint=hint, hint_term=self.log.term(hint) or 0))
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return
+        if m.type == MT.APP_RESP:
+            pr.recent_active = True
+            if m.reject:
+                probe = m.reject_hint
+                if m.hint_term > 0:
+                    probe = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
+                if pr.maybe_decrease_to(m.index, probe):
+                    if pr.state == ProgressState.REPLICATE:
+                        pr.become_probe()
+                    self._send_append(m.src)
+                return
+            if pr.maybe_update(m.index):
+                if pr.state == ProgressState.PROBE:
+                    pr.become_replicate()
+                if self._maybe_commit():
+                    self._broadcast_append()
+                else:
+                    self._send_append(m.src)
+        elif m.type == MT.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.is_paused():
+                # Appends may have been lost; let one more through so a gap shows up as
+                # a rejection and the follower drops back to probing.
+                pr.inflight.popleft()
+            if m.context > pr.read_ack:
+                pr.read_ack = m.context
+                self._release_reads()
+            if pr.match < self.log.last_index():
+                self._send_append(m.src)
+
+    def _maybe_commit(self) -> bool:
+        index = quorum.committed_index((pr.match for pr in self.prs.values()), len(self.voters))
+        had = self.committed_in_term()
+        if not self.log.maybe_commit(index, self.term):
+            return False
+        if not had:
+            self._on_noop_committed()
+        self._release_reads()
+        return True
+
+    # -- durability feedback -------------------------------------------------------------
+
+    def on_persisted(self, index: int, term: int) -> None:
+        """The runtime made our log durable up to `index` (entry of `term`)."""
+        self.log.stable_to(index, term)
+        if self.role == Role.LEADER and self.log.term(index) == term:
+            if self.prs[self.id].maybe_update(index) and self._maybe_commit():
+                self._broadcast_append()

@@ -1,0 +1,81 @@
+"""The leader's view of one follower's log (thesis 3.5, and etcd's probe/replicate states).
+
+In PROBE the leader sends one append at a time until it finds where the logs match; in
+REPLICATE it streams appends optimistically, bounded by `max_inflight` unacknowledged
+messages, so several batches are in flight per follower at once (pipelining).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+
+
+class ProgressState(IntEnum):
+    PROBE = 0
+    REPLICATE = 1
+
+
+class Progress:
+    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "max_inflight",
+                 "recent_active", "read_ack", "commit_sent")
+
+    def __init__(self, next_index: int, max_inflight: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.inflight: deque[int] = deque()  # last index of each unacknowledged append
+        self.max_inflight = max_inflight
+        self.recent_active = False
+        self.read_ack = 0  # highest ReadIndex round this peer has answered
+        self.commit_sent = 0  # highest commit index sent in an append
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def is_paused(self) -> bool:
+        if self.state == ProgressState.PROBE:
+            return self.probe_sent
+        return len(self.inflight) >= self.max_inflight
+
+    def sent(self, last_index: int) -> None:
+        """Record an append carrying entries up to `last_index`."""
+        if self.state == ProgressState.REPLICATE:
+            self.next = last_index + 1
+            self.inflight.append(last_index)
+        else:
+            self.probe_sent = True
+
+    def maybe_update(self, index: int) -> bool:
+        """Record that the follower's log matches ours up to `index`; False if stale."""
+        updated = index > self.match
+        if updated:
+            self.match = index
+            self.probe_sent = False
+        self.next = max(self.next, index + 1)
+        while self.inflight and self.inflight[0] <= index:
+            self.inflight.popleft()
+        return updated
+
+    def maybe_decrease_to(self, rejected: int, probe_hint: int) -> bool:
+        """Handle a rejected append at `rejected`; False when the rejection is stale."""
+        if self.state == ProgressState.REPLICATE:
+            if rejected <= self.match:
+                return False
+            self.next = self.match + 1
+            return True
+        if self.next - 1 != rejected:
+            return False
+        self.next = max(min(rejected, probe_hint + 1), self.match + 1)
+        self.probe_sent = False
+        return True

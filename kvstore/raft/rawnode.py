@@ -1,0 +1,113 @@
+"""RawNode: the one public entry point of the core, handing work out as a Ready.
+
+Protocol per loop turn: feed inputs (step / tick / propose / read_index), then, if
+has_ready(), take `rd = ready()`, do what Ready's docstring says, and call advance(rd)
+before the next ready(). Between ready() and advance() the caller must not feed inputs:
+the runtime persists in that window, so the core never runs ahead of its own disk.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from kvstore.raft.core import Raft, RaftConfig
+from kvstore.raft.storage import LogStorage
+from kvstore.raft.types import HardState, Message, Ready, Role, SoftState
+
+
+class RawNode:
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: LogStorage,
+        rng: random.Random,
+        logger: Callable[[str], None] | None = None,
+    ) -> None:
+        self.raft = Raft(config, storage, rng, logger)
+        self._prev_hard = storage.initial_state()
+        self._prev_soft = self.soft_state()
+        self._in_ready: Ready | None = None
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.raft.tick()
+
+    def step(self, msg: Message) -> None:
+        if msg.dst == self.raft.id:
+            self.raft.step(msg)
+
+    def propose(self, payloads: Sequence[bytes]) -> tuple[int, int]:
+        """Propose a batch; returns (index of the first entry, term). Raises NotLeader."""
+        return self.raft.propose(payloads)
+
+    def read_index(self, request_id: int) -> None:
+        """Request a linearizable read point. Raises NotLeader."""
+        self.raft.read_index(request_id)
+
+    # -- views -----------------------------------------------------------------------
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.raft.role, self.raft.leader)
+
+    def hard_state(self) -> HardState:
+        return HardState(self.raft.term, self.raft.vote, self.raft.log.committed)
+
+    @property
+    def role(self) -> Role:
+        return self.raft.role
+
+    # -- output ----------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        r = self.raft
+        r.flush_read_round()
+        return bool(
+            r.msgs
+            or r.read_states
+            or r.dropped_reads
+            or r.log.unstable
+            or r.log.committed > r.log.applied
+            or self.hard_state() != self._prev_hard
+            or self.soft_state() != self._prev_soft
+        )
+
+    def ready(self) -> Ready:
+        assert self._in_ready is None, "advance() the previous Ready first"
+        r = self.raft
+        r.flush_read_round()
+        hard = self.hard_state()
+        soft = self.soft_state()
+        same_vote = hard.term == self._prev_hard.term and hard.vote == self._prev_hard.vote
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=r.log.unstable_entries(),
+            messages=tuple(r.msgs),
+            committed=tuple(r.log.next_committed()),
+            read_states=tuple(r.read_states),
+            # A leader's appends may go out while it writes its own copy (thesis 10.2.1);
+            # anything that answers for our term, vote or log waits for the write.
+            send_before_persist=r.role == Role.LEADER and same_vote,
+            dropped_reads=tuple(r.dropped_reads),
+        )
+        r.msgs = []
+        r.read_states = []
+        r.dropped_reads = []
+        self._prev_soft = soft
+        self._in_ready = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The Ready was carried out: entries and hard state are durable, committed
+        entries are applied."""
+        assert rd is self._in_ready
+        self._in_ready = None
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.committed:
+            self.raft.log.applied_to(rd.committed[-1].index)
+        if rd.entries:
+            last = rd.entries[-1]
+            self.raft.on_persisted(last.index, last.term)
