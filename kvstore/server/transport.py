@@ -1,0 +1,127 @@
+"""Peer transport: one long-lived gRPC client stream per peer, carrying MessageBatches.
+
+Raft messages are one-way and the protocol tolerates loss, so the sender never waits for
+the receiver: each turn's messages for a peer become one batch on a bounded queue; a task
+per peer writes batches to its stream and reconnects with backoff when the peer is down,
+dropping what it cannot deliver (Raft retransmits by its own rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import grpc
+
+from kvstore.raft.types import Message
+from kvstore.server.wire import message_from_pb, message_to_pb
+from kvstore.v1 import raft_pb2, raft_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+]
+
+_QUEUE_LIMIT = 256  # batches waiting per peer before new ones are dropped
+
+
+class PeerSender:
+    def __init__(self, peer_id: str, address: str) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: asyncio.Queue[raft_pb2.MessageBatch] = asyncio.Queue(_QUEUE_LIMIT)
+        self.dropped = 0
+        self.blocked = False  # fault injection: drop everything to this peer
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"peer-{self.peer_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def enqueue(self, batch: raft_pb2.MessageBatch) -> None:
+        if self.blocked:
+            return
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _batches(self) -> AsyncIterator[raft_pb2.MessageBatch]:
+        while True:
+            batch = await self.queue.get()
+            # Coalesce whatever else is waiting into one write.
+            while not self.queue.empty() and len(batch.messages) < 4096:
+                batch.messages.extend(self.queue.get_nowait().messages)
+            yield batch
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS)
+            try:
+                stub = raft_pb2_grpc.RaftPeerStub(channel)
+                await stub.Stream(self._batches())
+            except asyncio.CancelledError:
+                await channel.close()
+                raise
+            except grpc.aio.AioRpcError as err:
+                log.debug("stream to %s ended: %s", self.peer_id, err.code())
+            finally:
+                await channel.close()
+            # Drop what piled up while the peer was unreachable; Raft resends.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+                self.dropped += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
+
+
+class PeerTransport:
+    def __init__(self, peers: dict[str, str]) -> None:
+        self.senders = {pid: PeerSender(pid, addr) for pid, addr in peers.items()}
+
+    def start(self) -> None:
+        for s in self.senders.values():
+            s.start()
+
+    async def stop(self) -> None:
+        for s in self.senders.values():
+            await s.stop()
+
+    def send(self, messages: Iterable[Message]) -> None:
+        by_peer: dict[str, list[raft_pb2.Message]] = {}
+        for m in messages:
+            by_peer.setdefault(m.dst, []).append(message_to_pb(m))
+        for dst, pbs in by_peer.items():
+            sender = self.senders.get(dst)
+            if sender is not None:
+                sender.enqueue(raft_pb2.MessageBatch(messages=pbs))
+
+
+class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
+    """Receives other nodes' streams and hands each message to the node's driver."""
+
+    def __init__(self, deliver: Callable[[Message], None],
+                 blocked: Callable[[str], bool] | None = None) -> None:
+        self._deliver = deliver
+        self._blocked = blocked
+
+    async def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
+        async for batch in request_iterator:
+            for pb in batch.messages:
+                m = message_from_pb(pb)
+                if self._blocked is not None and self._blocked(m.src):
+                    continue
+                self._deliver(m)
+        return raft_pb2.StreamAck()
