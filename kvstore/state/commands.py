@@ -1,0 +1,91 @@
+"""Encoding of replicated commands (`kvstore.v1.Command`) and the result of applying one.
+
+Commands travel inside log entries, so their encoding is part of the durable format: it is
+protobuf, which tolerates added fields, rather than pickle or an ad-hoc struct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from kvstore.v1 import raft_pb2
+
+
+class CommandDecodeError(ValueError):
+    """The entry's data is not a valid Command (no operation set, or not protobuf)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """Outcome of applying one committed entry, reported back to the waiting RPC.
+
+    ok: put -> True; delete -> the key existed; cas -> it swapped. NOOP entries report True.
+    stale: the request's seq is below its session's lowest_pending_seq, so it was answered
+        before and its result forgotten; it was NOT applied and ok is False. The client must
+        treat this as an error (it is retrying something it already saw answered).
+    duplicate: (client_id, seq) had been applied before; ok is the recorded result and the
+        state did not change.
+    malformed: the entry could not be decoded; nothing changed. Reported, never raised, so a
+        bad entry cannot halt every replica forever.
+    """
+
+    index: int
+    client_id: bytes
+    seq: int
+    ok: bool
+    stale: bool
+    duplicate: bool = False
+    malformed: bool = False
+
+
+def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
+    return raft_pb2.Command(client_id=client_id, seq=seq, lowest_pending_seq=lowest_pending_seq)
+
+
+def encode_put(
+    client_id: bytes, seq: int, lowest_pending_seq: int, key: bytes, value: bytes
+) -> bytes:
+    """Entry data that sets `key` to `value`."""
+    cmd = _command(client_id, seq, lowest_pending_seq)
+    cmd.put.key = key
+    cmd.put.value = value
+    return cmd.SerializeToString()
+
+
+def encode_delete(client_id: bytes, seq: int, lowest_pending_seq: int, key: bytes) -> bytes:
+    """Entry data that removes `key`; the result says whether it existed."""
+    cmd = _command(client_id, seq, lowest_pending_seq)
+    cmd.delete.key = key
+    return cmd.SerializeToString()
+
+
+def encode_cas(
+    client_id: bytes,
+    seq: int,
+    lowest_pending_seq: int,
+    key: bytes,
+    expected: bytes | None,
+    value: bytes,
+) -> bytes:
+    """Entry data that sets `key` to `value` only if it currently equals `expected`, or,
+    when `expected` is None, only if `key` is absent (CasOp.expect_absent)."""
+    cmd = _command(client_id, seq, lowest_pending_seq)
+    cmd.cas.key = key
+    cmd.cas.expect_absent = expected is None
+    cmd.cas.expected = expected or b""
+    cmd.cas.value = value
+    return cmd.SerializeToString()
+
+
+def decode(data: bytes) -> raft_pb2.Command:
+    """Parse entry data; raises CommandDecodeError unless it is a Command with an operation."""
+    cmd = raft_pb2.Command()
+    try:
+        cmd.ParseFromString(data)
+    except DecodeError as exc:
+        raise CommandDecodeError(f"not a Command: {exc}") from exc
+    if cmd.WhichOneof("op") is None:
+        raise CommandDecodeError("Command has no operation")
+    return cmd

@@ -1,0 +1,318 @@
+"""The replicated key-value state machine: sharded keys plus client sessions.
+
+The logic is written against `KVTxn`, a tiny get/put/delete interface over (db name, key), so
+the very same code runs inside one LMDB write transaction on a real node and over plain dicts
+in the deterministic simulator (`DictTxn`). Applying is deterministic: it depends only on the
+entries applied so far, never on time, randomness, or node identity, so replicas that apply
+the same log hold byte-identical databases (compare them with `shard_digest`).
+
+Databases used (names are the LMDB named-db names):
+    shard-000 ... shard-NNN  user keys, routed by the consistent-hash ring
+    sessions                 exactly-once bookkeeping, one record per client
+
+Exactly-once (Raft thesis section 6.3). Each client keeps a session: its lowest_pending_seq
+and the results of the seqs >= it that were applied. Applying (client_id, seq):
+  * already recorded    -> return the recorded result; nothing else changes (not even LRU).
+  * seq < lowest pending -> it was answered and forgotten: not applied, reported `stale`.
+  * otherwise           -> apply, record the result, raise lowest_pending_seq to
+                           max(old, command's), drop recorded results below it.
+An async client may have many writes in flight, so a session holds many results; at most
+MAX_RESULTS_PER_SESSION: beyond that the oldest are dropped by raising lowest_pending_seq, so a
+late retry of one of them is reported stale (safe) rather than applied twice.
+
+Session bound: at most `max_sessions` clients. Admitting a new client when full evicts the
+client whose session was least recently used, measured by the log index of the last command
+that changed it. That depends only on the log, so every replica evicts the same client. If an
+evicted client retries a write it had already made, the write is applied again: eviction is
+the one way exactly-once can be lost, which is why the bound is large (100_000 by default).
+Commands with an empty client_id bypass sessions entirely (applied every time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvstore.raft.types import Entry, EntryType
+from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
+from kvstore.state.ring import HashRing
+from kvstore.v1 import raft_pb2
+
+SESSIONS_DB = "sessions"
+DEFAULT_MAX_SESSIONS = 100_000
+MAX_RESULTS_PER_SESSION = 1024
+
+# LMDB keys are at most 511 bytes. Longer user keys (and client ids) are stored under a
+# 32-byte hash, with the full key kept in the value and checked on read. A one-byte tag
+# keeps the two forms apart.
+_MAX_INLINE_KEY = 400
+_TAG_INLINE = b"="
+_TAG_HASHED = b"#"
+_LONG_KEY_HEADER = struct.Struct(">I")
+
+# Keys inside the sessions db.
+_REC = b"c"  # _REC + session id -> encoded Session
+_LRU = b"u"  # _LRU + 8-byte big-endian last_index -> session id (oldest sorts first)
+_COUNT = b"n"  # -> 8-byte big-endian number of sessions
+
+_U64 = struct.Struct(">Q")
+_SESSION_HEADER = struct.Struct(">QQI")  # lowest_pending_seq, last_index, result count
+_SESSION_RESULT = struct.Struct(">QB")  # seq, ok
+
+
+class KVTxn(Protocol):
+    """One transaction over named databases of byte keys and values.
+
+    Writes are visible to later reads in the same transaction; whether and when they become
+    durable is the store's business (one LMDB commit per persist_and_apply).
+    """
+
+    def get(self, db: str, key: bytes) -> bytes | None: ...
+
+    def put(self, db: str, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, db: str, key: bytes) -> bool:
+        """Remove key; return whether it was present."""
+        ...
+
+    def first_key(self, db: str, prefix: bytes) -> bytes | None:
+        """The smallest key starting with `prefix`, or None."""
+        ...
+
+    def items(self, db: str) -> Iterator[tuple[bytes, bytes]]:
+        """All (key, value) pairs of `db` in ascending key order."""
+        ...
+
+
+class DictTxn:
+    """KVTxn over `dict[db name, dict[key, value]]` with buffered writes.
+
+    Writes go to an overlay and reach the dicts only on `commit()`, so an exception half-way
+    through a batch leaves the state untouched, as an aborted LMDB transaction would.
+    `first_key` and `items` scan the whole db: fine for the simulator's small state.
+    """
+
+    def __init__(self, dbs: dict[str, dict[bytes, bytes]]) -> None:
+        self._dbs = dbs
+        self._writes: dict[str, dict[bytes, bytes | None]] = {}
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        writes = self._writes.get(db)
+        if writes is not None and key in writes:
+            return writes[key]
+        return self._dbs.get(db, {}).get(key)
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._writes.setdefault(db, {})[key] = bytes(value)
+
+    def delete(self, db: str, key: bytes) -> bool:
+        existed = self.get(db, key) is not None
+        self._writes.setdefault(db, {})[key] = None
+        return existed
+
+    def _merged(self, db: str) -> dict[bytes, bytes]:
+        merged = dict(self._dbs.get(db, {}))
+        for key, value in self._writes.get(db, {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def first_key(self, db: str, prefix: bytes) -> bytes | None:
+        return min((k for k in self._merged(db) if k.startswith(prefix)), default=None)
+
+    def items(self, db: str) -> Iterator[tuple[bytes, bytes]]:
+        merged = self._merged(db)
+        for key in sorted(merged):
+            yield key, merged[key]
+
+    def commit(self) -> None:
+        """Make the buffered writes visible in the underlying dicts."""
+        for db, writes in self._writes.items():
+            target = self._dbs.setdefault(db, {})
+            for key, value in writes.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
+        self._writes = {}
+
+
+@dataclass(slots=True)
+class Session:
+    """Exactly-once state of one client (see the module docstring)."""
+
+    lowest_pending_seq: int = 0
+    last_index: int = 0  # log index of the last command that changed this session
+    results: dict[int, bool] = field(default_factory=dict)  # seq -> ok, all seq >= lowest
+
+    def encode(self) -> bytes:
+        parts = [_SESSION_HEADER.pack(self.lowest_pending_seq, self.last_index, len(self.results))]
+        parts.extend(_SESSION_RESULT.pack(s, ok) for s, ok in sorted(self.results.items()))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Session:
+        lowest, last, n = _SESSION_HEADER.unpack_from(raw)
+        off = _SESSION_HEADER.size
+        results: dict[int, bool] = {}
+        for _ in range(n):
+            seq, ok = _SESSION_RESULT.unpack_from(raw, off)
+            results[seq] = bool(ok)
+            off += _SESSION_RESULT.size
+        return cls(lowest, last, results)
+
+
+def _storage_key(raw: bytes) -> bytes:
+    if len(raw) <= _MAX_INLINE_KEY:
+        return _TAG_INLINE + raw
+    return _TAG_HASHED + hashlib.blake2b(raw, digest_size=32).digest()
+
+
+def shard_db_name(shard: int) -> str:
+    return f"shard-{shard:03d}"
+
+
+class ShardedStateMachine:
+    """Deterministic apply logic; holds no state of its own besides the (immutable) ring."""
+
+    def __init__(
+        self, shards: int = 16, vnodes: int = 64, max_sessions: int = DEFAULT_MAX_SESSIONS
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        self.ring = HashRing(shards, vnodes)
+        self.max_sessions = max_sessions
+        self._shard_dbs = [shard_db_name(s) for s in range(shards)]
+
+    @property
+    def db_names(self) -> list[str]:
+        """Every database the machine touches; the store must create them all."""
+        return [SESSIONS_DB, *self._shard_dbs]
+
+    @property
+    def shard_dbs(self) -> list[str]:
+        return list(self._shard_dbs)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def read(self, txn: KVTxn, key: bytes) -> bytes | None:
+        """Current value of `key`, or None if absent."""
+        raw = txn.get(self._shard_dbs[self.ring.shard_for(key)], _storage_key(key))
+        return None if raw is None else self._unwrap(key, raw)
+
+    def session(self, txn: KVTxn, client_id: bytes) -> Session | None:
+        raw = txn.get(SESSIONS_DB, _REC + _storage_key(client_id))
+        return None if raw is None else Session.decode(raw)
+
+    def session_count(self, txn: KVTxn) -> int:
+        raw = txn.get(SESSIONS_DB, _COUNT)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def shard_digest(self, txn: KVTxn, shard: int) -> str:
+        """Hex digest of one shard's records in key order; equal on replicas in sync."""
+        h = hashlib.blake2b(digest_size=16)
+        for key, value in txn.items(self._shard_dbs[shard]):
+            h.update(_U64.pack(len(key)))
+            h.update(key)
+            h.update(_U64.pack(len(value)))
+            h.update(value)
+        return h.hexdigest()
+
+    # -- apply -------------------------------------------------------------------------
+
+    def apply(self, txn: KVTxn, entry: Entry) -> ApplyResult:
+        """Apply one committed entry. Callers apply entries exactly once, in index order."""
+        if entry.type == EntryType.NOOP or not entry.data:
+            return ApplyResult(entry.index, b"", 0, ok=True, stale=False)
+        try:
+            cmd = decode(entry.data)
+        except CommandDecodeError:
+            return ApplyResult(entry.index, b"", 0, ok=False, stale=False, malformed=True)
+        cid, seq = cmd.client_id, cmd.seq
+        if not cid:
+            return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
+
+        sid = _storage_key(cid)
+        session = self.session(txn, cid)
+        if session is not None:
+            if seq in session.results:
+                ok = session.results[seq]
+                return ApplyResult(entry.index, cid, seq, ok=ok, stale=False, duplicate=True)
+            if seq < session.lowest_pending_seq:
+                return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
+
+        ok = self._execute(txn, cmd)
+        if session is None:
+            self._admit(txn)
+            session = Session()
+        else:
+            txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
+        self._record(session, seq, cmd.lowest_pending_seq, ok)
+        session.last_index = entry.index
+        txn.put(SESSIONS_DB, _REC + sid, session.encode())
+        txn.put(SESSIONS_DB, _LRU + _U64.pack(entry.index), sid)
+        return ApplyResult(entry.index, cid, seq, ok=ok, stale=False)
+
+    @staticmethod
+    def _record(session: Session, seq: int, lowest_pending_seq: int, ok: bool) -> None:
+        lowest = max(session.lowest_pending_seq, lowest_pending_seq)
+        results = {s: r for s, r in session.results.items() if s >= lowest}
+        if seq >= lowest:  # a client claiming seq is no longer pending gets nothing recorded
+            results[seq] = ok
+        if len(results) > MAX_RESULTS_PER_SESSION:
+            # Forget the oldest; a retry of them then reports stale instead of re-applying.
+            keep = sorted(results)[-MAX_RESULTS_PER_SESSION:]
+            lowest = keep[0]
+            results = {s: results[s] for s in keep}
+        session.lowest_pending_seq = lowest
+        session.results = results
+
+    def _admit(self, txn: KVTxn) -> None:
+        """Make room for one new session, evicting the least recently used when full."""
+        count = self.session_count(txn)
+        if count >= self.max_sessions:
+            oldest = txn.first_key(SESSIONS_DB, _LRU)
+            assert oldest is not None, "session count says full but the LRU index is empty"
+            victim = txn.get(SESSIONS_DB, oldest)
+            assert victim is not None
+            txn.delete(SESSIONS_DB, oldest)
+            txn.delete(SESSIONS_DB, _REC + victim)
+        else:
+            txn.put(SESSIONS_DB, _COUNT, _U64.pack(count + 1))
+
+    def _execute(self, txn: KVTxn, cmd: raft_pb2.Command) -> bool:
+        op = cmd.WhichOneof("op")
+        if op == "put":
+            self._put(txn, cmd.put.key, cmd.put.value)
+            return True
+        if op == "delete":
+            key = cmd.delete.key
+            return txn.delete(self._shard_dbs[self.ring.shard_for(key)], _storage_key(key))
+        assert op == "cas", op
+        cas = cmd.cas
+        current = self.read(txn, cas.key)
+        swap = current is None if cas.expect_absent else current == cas.expected
+        if swap:
+            self._put(txn, cas.key, cas.value)
+        return swap
+
+    def _put(self, txn: KVTxn, key: bytes, value: bytes) -> None:
+        skey = _storage_key(key)
+        if skey[:1] == _TAG_HASHED:
+            value = _LONG_KEY_HEADER.pack(len(key)) + key + value
+        txn.put(self._shard_dbs[self.ring.shard_for(key)], skey, value)
+
+    @staticmethod
+    def _unwrap(key: bytes, raw: bytes) -> bytes:
+        if len(key) <= _MAX_INLINE_KEY:
+            return raw
+        (n,) = _LONG_KEY_HEADER.unpack_from(raw)
+        start = _LONG_KEY_HEADER.size
+        if raw[start : start + n] != key:  # a 256-bit hash collision: not expected, ever
+            raise AssertionError("long-key hash collision in the state machine")
+        return raw[start + n :]

@@ -1,0 +1,457 @@
+"""The node's durable storage: Raft log, hard state and state machine in one LMDB environment.
+
+Layout (named databases of one environment in the data directory):
+    log        8-byte big-endian index -> crc32 | term | type | data  (see _encode_record)
+    meta       format, shards, vnodes, hard_state, applied
+    sessions   client sessions (kvstore.state.machine)
+    shard-NNN  user keys of shard NNN
+
+Why one environment: a single LMDB write transaction can then cover the new log entries,
+the hard state, the applied entries' effects, the applied index and the session table. One
+commit is one fsync, and a crash leaves either all of a batch or none of it, so an entry can
+never be applied twice or skipped, and nothing is acknowledged before it is on disk. The
+environment is always opened with sync=True and metasync=True.
+
+Threading: persist_and_apply runs in a worker thread (asyncio.to_thread) while the event-loop
+thread reads. LMDB's MVCC gives each read its own consistent snapshot. The only in-memory
+state is `_View` (first/last index, hard state, applied index): an immutable object replaced
+in one assignment after the commit succeeds, so a reader sees either the old or the new
+state, never a mix, and never a state that is not yet durable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import lmdb
+
+from kvstore.raft.types import Entry, EntryType, HardState
+from kvstore.state.commands import ApplyResult
+from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
+from kvstore.storage.batch import plan_batch
+from kvstore.storage.errors import ConfigMismatchError, CorruptLogError, StorageError
+
+FORMAT_VERSION = 1
+MAX_SHARDS = 256
+DEFAULT_MAP_SIZE = 64 << 30  # virtual address space only; the file grows as data is written
+MAX_READERS = 1024
+LOCK_FILE = "kvstore.lock"
+
+_LOG_DB = "log"
+_META_DB = "meta"
+_FORMAT = b"format"
+_SHARDS = b"shards"
+_VNODES = b"vnodes"
+_HARD_STATE = b"hard_state"
+_APPLIED = b"applied"
+
+_U64 = struct.Struct(">Q")
+_RECORD_HEADER = struct.Struct(">IQB")  # crc32, term, type; data follows
+_CRC_PREFIX = struct.Struct(">QQB")  # index, term, type: what the crc covers besides data
+_HARD_STATE_HEADER = struct.Struct(">QQ")  # term, commit; vote (utf-8) follows
+
+T = TypeVar("T")
+_ON_READ = "refusing to serve it"  # what a damaged record does at run time
+
+
+def _log_key(index: int) -> bytes:
+    return _U64.pack(index)
+
+
+def _crc(index: int, term: int, etype: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(_CRC_PREFIX.pack(index, term, etype)))
+
+
+def _encode_record(entry: Entry) -> bytes:
+    etype = int(entry.type)
+    crc = _crc(entry.index, entry.term, etype, entry.data)
+    return _RECORD_HEADER.pack(crc, entry.term, etype) + entry.data
+
+
+def _decode_record(index: int, raw: bytes, path: str, action: str) -> Entry:
+    """Parse and verify one log record; any damage raises CorruptLogError naming `index`."""
+    if len(raw) < _RECORD_HEADER.size:
+        raise CorruptLogError(index, path, "truncated record", action)
+    crc, term, etype = _RECORD_HEADER.unpack_from(raw)
+    data = bytes(raw[_RECORD_HEADER.size :])
+    if _crc(index, term, etype, data) != crc:
+        raise CorruptLogError(index, path, "checksum mismatch", action)
+    try:
+        entry_type = EntryType(etype)
+    except ValueError:
+        raise CorruptLogError(index, path, f"unknown entry type {etype}", action) from None
+    return Entry(term=term, index=index, type=entry_type, data=data)
+
+
+def _encode_hard_state(hs: HardState) -> bytes:
+    return _HARD_STATE_HEADER.pack(hs.term, hs.commit) + hs.vote.encode()
+
+
+def _decode_hard_state(raw: bytes | None) -> HardState:
+    if raw is None:
+        return HardState()
+    term, commit = _HARD_STATE_HEADER.unpack_from(raw)
+    return HardState(term=term, vote=raw[_HARD_STATE_HEADER.size :].decode(), commit=commit)
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What has been durably committed, published atomically after each commit."""
+
+    first_index: int
+    last_index: int
+    hard_state: HardState
+    applied: int
+
+
+class _LmdbTxn:
+    """KVTxn adapter over an LMDB transaction and the environment's named databases."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[db])
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[db])
+
+    def delete(self, db: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._dbs[db])
+
+    def first_key(self, db: str, prefix: bytes) -> bytes | None:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if cursor.set_range(prefix):
+            key = cursor.key()
+            if key.startswith(prefix):
+                return key
+        return None
+
+    def items(self, db: str) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._txn.cursor(db=self._dbs[db]))
+
+
+def _lock_data_dir(path: str) -> int:
+    """Take an exclusive lock so two nodes (or two opens) never share one data directory.
+
+    LMDB itself allows several processes on one environment, which here would mean two Raft
+    nodes writing one log: silent divergence. The lock dies with the process.
+    """
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(
+            f"data dir {path} is in use by another kvstore process (or already open here)"
+        ) from None
+    return fd
+
+
+class LmdbNodeStore:
+    """LogStorage for the Raft core plus the durable sharded state machine of one node.
+
+    Create with LmdbNodeStore.open(). Reads may run on any thread; persist_and_apply calls are
+    serialized (one writer at a time).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        env: lmdb.Environment,
+        dbs: dict[str, Any],
+        machine: ShardedStateMachine,
+        lock_fd: int,
+        view: _View,
+    ) -> None:
+        self.path = path
+        self.shards = machine.ring.shards
+        self.vnodes = machine.ring.vnodes
+        self.machine = machine
+        self._env = env
+        self._dbs = dbs
+        self._lock_fd = lock_fd
+        self._view = view
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        shards: int = 16,
+        vnodes: int = 64,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> LmdbNodeStore:
+        """Open (creating if needed) the store in directory `path`.
+
+        On first open the shard layout is recorded; a later open with different `shards` or
+        `vnodes` raises ConfigMismatchError. The whole log is scanned and every checksum
+        verified; damage raises CorruptLogError. `max_sessions` is not recorded but must be
+        the same on every replica (servers use the default).
+        """
+        if not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be in 1..{MAX_SHARDS}, got {shards}")
+        if vnodes < 1:
+            raise ValueError(f"vnodes must be >= 1, got {vnodes}")
+        spath = os.path.abspath(os.fspath(path))
+        os.makedirs(spath, exist_ok=True)
+        lock_fd = _lock_data_dir(spath)
+        env: lmdb.Environment | None = None
+        try:
+            env = lmdb.open(
+                spath,
+                map_size=map_size,
+                max_dbs=MAX_SHARDS + 8,
+                max_readers=MAX_READERS,
+                subdir=True,
+                sync=True,
+                metasync=True,
+                lock=True,
+            )
+            machine = ShardedStateMachine(shards, vnodes, max_sessions)
+            with env.begin(write=True) as txn:
+                meta = env.open_db(_META_DB.encode(), txn=txn, create=True)
+                _check_layout(txn, meta, spath, shards, vnodes)
+                dbs = {_META_DB: meta}
+                for name in [_LOG_DB, *machine.db_names]:
+                    dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+            view = _scan(env, dbs, spath)
+            return cls(spath, env, dbs, machine, lock_fd, view)
+        except BaseException as exc:
+            if env is not None:
+                env.close()
+            os.close(lock_fd)
+            if isinstance(exc, lmdb.Error):
+                raise StorageError(f"cannot open data dir {spath}: {exc}") from exc
+            raise
+
+    # -- LogStorage ----------------------------------------------------------------------
+
+    def initial_state(self) -> HardState:
+        return self._view.hard_state
+
+    def first_index(self) -> int:
+        return self._view.first_index
+
+    def last_index(self) -> int:
+        return self._view.last_index
+
+    def term(self, index: int) -> int:
+        view = self._view
+        if index == view.first_index - 1:
+            return 0  # no compaction yet: the entry before the first is the empty index 0
+        if not view.first_index <= index <= view.last_index:
+            raise StorageError(
+                f"log entry {index} is not in the log ({view.first_index}..{view.last_index})"
+            )
+        with self._env.begin() as txn:
+            return self._read_entry(txn, index).term
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        view = self._view
+        if lo < view.first_index or hi > view.last_index + 1 or lo > hi:
+            raise StorageError(
+                f"log entries [{lo}, {hi}) not in the log ({view.first_index}..{view.last_index})"
+            )
+        out: list[Entry] = []
+        if lo == hi:
+            return out
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._dbs[_LOG_DB])
+            if not cursor.set_key(_log_key(lo)):
+                raise StorageError(f"log entry {lo} is missing in {self.path}")
+            for key, raw in cursor:
+                index = _U64.unpack(key)[0]
+                if index >= hi:
+                    break
+                if index != lo + len(out):
+                    raise CorruptLogError(lo + len(out), self.path, "missing", _ON_READ)
+                out.append(_decode_record(index, raw, self.path, _ON_READ))
+        if len(out) != hi - lo:
+            raise StorageError(f"log entries [{lo}, {hi}) are not all present in {self.path}")
+        return out
+
+    # -- the one write path --------------------------------------------------------------
+
+    def persist_and_apply(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        committed: Sequence[Entry],
+    ) -> list[ApplyResult]:
+        """In ONE LMDB write transaction (one fsync): replace the log from entries[0].index
+        on, write `entries`, record `hard_state` if given, apply `committed` in order, and
+        record the applied index and sessions.
+
+        Returns one ApplyResult per entry applied now, in index order. Committed entries at
+        or below the stored applied index are skipped (already applied); they may also be
+        among `entries` of this same call. Raises StorageError, having written nothing, on a
+        request that would corrupt the log (gap, rewriting an applied entry, applying out of
+        order or past the log's end) or on an LMDB failure; the caller should then stop.
+        """
+        if hard_state is None and not entries and not committed:
+            return []
+        with self._write_lock:
+            view = self._view
+            try:
+                txn = self._env.begin(write=True)
+            except lmdb.Error as exc:
+                raise StorageError(f"cannot begin write in {self.path}: {exc}") from exc
+            try:
+                new_last, to_apply = plan_batch(
+                    entries,
+                    committed,
+                    first_index=view.first_index,
+                    last_index=view.last_index,
+                    applied=view.applied,
+                    stored_term=lambda i: self._read_entry(txn, i).term,
+                )
+                if entries:
+                    self._write_entries(txn, entries, view.last_index)
+                meta = self._dbs[_META_DB]
+                if hard_state is not None:
+                    txn.put(_HARD_STATE, _encode_hard_state(hard_state), db=meta)
+                adapter = _LmdbTxn(txn, self._dbs)
+                results = [self.machine.apply(adapter, entry) for entry in to_apply]
+                applied = to_apply[-1].index if to_apply else view.applied
+                if to_apply:
+                    txn.put(_APPLIED, _U64.pack(applied), db=meta)
+            except BaseException as exc:
+                txn.abort()
+                if isinstance(exc, lmdb.Error):
+                    raise StorageError(f"write failed in {self.path}: {exc}") from exc
+                raise
+            try:
+                txn.commit()  # fsync; LMDB frees the transaction whether or not it succeeds
+            except lmdb.Error as exc:
+                raise StorageError(f"commit (fsync) failed in {self.path}: {exc}") from exc
+            self._view = _View(
+                first_index=view.first_index,
+                last_index=new_last,
+                hard_state=hard_state if hard_state is not None else view.hard_state,
+                applied=applied,
+            )
+            return results
+
+    def _write_entries(
+        self, txn: lmdb.Transaction, entries: Sequence[Entry], last_index: int
+    ) -> None:
+        log = self._dbs[_LOG_DB]
+        for index in range(entries[0].index, last_index + 1):  # drop the conflicting suffix
+            txn.delete(_log_key(index), db=log)
+        for entry in entries:
+            if not txn.put(_log_key(entry.index), _encode_record(entry), db=log, append=True):
+                raise StorageError(f"log entry {entry.index} out of order in {self.path}")
+
+    def _read_entry(self, txn: lmdb.Transaction, index: int) -> Entry:
+        raw = txn.get(_log_key(index), db=self._dbs[_LOG_DB])
+        if raw is None:
+            raise StorageError(f"log entry {index} is missing in {self.path}")
+        return _decode_record(index, raw, self.path, _ON_READ)
+
+    # -- state-machine reads -------------------------------------------------------------
+
+    def get(self, key: bytes) -> tuple[bool, bytes, int]:
+        """(found, value, applied index), all from one consistent snapshot."""
+        with self._env.begin() as txn:
+            value = self.machine.read(_LmdbTxn(txn, self._dbs), key)
+            raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
+        applied = 0 if raw is None else _U64.unpack(raw)[0]
+        return value is not None, value or b"", applied
+
+    def applied_index(self) -> int:
+        return self._view.applied
+
+    def session(self, client_id: bytes) -> Session | None:
+        """The exactly-once session of `client_id` (for status and tests)."""
+        return self._read(lambda t: self.machine.session(t, client_id))
+
+    def session_count(self) -> int:
+        return self._read(self.machine.session_count)
+
+    def shard_digests(self) -> list[str]:
+        """One hex digest per shard over its records in key order, from one snapshot.
+
+        Replicas that applied the same log prefix report equal digests.
+        """
+        return self._read(lambda t: [self.machine.shard_digest(t, s) for s in range(self.shards)])
+
+    def _read(self, fn: Callable[[_LmdbTxn], T]) -> T:
+        with self._env.begin() as txn:
+            return fn(_LmdbTxn(txn, self._dbs))
+
+    def close(self) -> None:
+        """Close the environment and release the data-dir lock. Idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._env.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> LmdbNodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_layout(txn: lmdb.Transaction, meta: Any, path: str, shards: int, vnodes: int) -> None:
+    """Record the shard layout on first open; refuse a different one later."""
+    raw_format = txn.get(_FORMAT, db=meta)
+    if raw_format is None:
+        txn.put(_FORMAT, _U64.pack(FORMAT_VERSION), db=meta)
+        txn.put(_SHARDS, _U64.pack(shards), db=meta)
+        txn.put(_VNODES, _U64.pack(vnodes), db=meta)
+        return
+    version = _U64.unpack(raw_format)[0]
+    if version != FORMAT_VERSION:
+        raise StorageError(
+            f"data dir {path} has storage format {version}; this build reads {FORMAT_VERSION}"
+        )
+    stored_shards = _U64.unpack(txn.get(_SHARDS, db=meta))[0]
+    stored_vnodes = _U64.unpack(txn.get(_VNODES, db=meta))[0]
+    if (stored_shards, stored_vnodes) != (shards, vnodes):
+        raise ConfigMismatchError(
+            f"data dir {path} was created with shards={stored_shards} vnodes={stored_vnodes} "
+            f"but this node was started with shards={shards} vnodes={vnodes}; the layout is "
+            f"fixed at creation: start with --shards {stored_shards} --vnodes {stored_vnodes} "
+            f"or use a new data dir"
+        )
+
+
+def _scan(env: lmdb.Environment, dbs: dict[str, Any], path: str) -> _View:
+    """Verify every log record (checksum, contiguity) and load the durable view."""
+    first = last = 0
+    with env.begin() as txn:
+        for key, raw in txn.cursor(db=dbs[_LOG_DB]):
+            if len(key) != _U64.size:
+                raise CorruptLogError(last + 1, path, f"malformed key {bytes(key).hex()}")
+            index = _U64.unpack(key)[0]
+            if first == 0:
+                if index != 1:  # no snapshots/compaction yet: the log starts at 1
+                    raise CorruptLogError(1, path, f"missing: the log starts at {index}")
+                first = 1
+            elif index != last + 1:
+                raise CorruptLogError(last + 1, path, f"missing: the log jumps to {index}")
+            _decode_record(index, raw, path, "refusing to start")
+            last = index
+        meta = dbs[_META_DB]
+        hard_state = _decode_hard_state(txn.get(_HARD_STATE, db=meta))
+        raw_applied = txn.get(_APPLIED, db=meta)
+    applied = 0 if raw_applied is None else _U64.unpack(raw_applied)[0]
+    if applied > last:
+        raise StorageError(
+            f"data dir {path}: applied index {applied} is beyond the last log entry {last}"
+        )
+    return _View(first_index=1, last_index=last, hard_state=hard_state, applied=applied)

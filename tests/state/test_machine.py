@@ -1,0 +1,311 @@
+"""Sharded state machine: operations, exactly-once sessions, eviction; run over both the
+LMDB-transaction adapter (LmdbNodeStore) and the dict adapter (MemoryNodeStore)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvstore.raft.types import Entry, EntryType
+from kvstore.state import machine as machine_module
+from kvstore.state.commands import (
+    ApplyResult,
+    decode,
+    encode_cas,
+    encode_delete,
+    encode_put,
+)
+from kvstore.state.machine import DictTxn, ShardedStateMachine
+from kvstore.storage.lmdb_store import LmdbNodeStore
+from kvstore.storage.memory_store import MemoryNodeStore
+
+A, B, C, D = b"client-a", b"client-b", b"client-c", b"client-d"
+
+
+class Node:
+    """Appends each command as the next entry and commits it in the same call."""
+
+    def __init__(self, store: LmdbNodeStore | MemoryNodeStore) -> None:
+        self.store = store
+
+    def apply(self, data: bytes, etype: EntryType = EntryType.NORMAL) -> ApplyResult:
+        entry = Entry(term=1, index=self.store.last_index() + 1, type=etype, data=data)
+        (result,) = self.store.persist_and_apply(None, [entry], [entry])
+        assert result.index == entry.index
+        return result
+
+    def put(self, cid: bytes, seq: int, key: bytes, value: bytes, low: int = 0) -> ApplyResult:
+        return self.apply(encode_put(cid, seq, low, key, value))
+
+    def delete(self, cid: bytes, seq: int, key: bytes, low: int = 0) -> ApplyResult:
+        return self.apply(encode_delete(cid, seq, low, key))
+
+    def cas(
+        self, cid: bytes, seq: int, key: bytes, expected: bytes | None, value: bytes, low: int = 0
+    ) -> ApplyResult:
+        return self.apply(encode_cas(cid, seq, low, key, expected, value))
+
+    def value(self, key: bytes) -> bytes | None:
+        found, value, _ = self.store.get(key)
+        return value if found else None
+
+
+def _open(kind: str, tmp_path: Path, max_sessions: int) -> LmdbNodeStore | MemoryNodeStore:
+    if kind == "lmdb":
+        return LmdbNodeStore.open(tmp_path / "data", shards=4, vnodes=16, max_sessions=max_sessions)
+    return MemoryNodeStore(shards=4, vnodes=16, max_sessions=max_sessions)
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    store = _open(request.param, tmp_path, max_sessions=3)
+    yield Node(store)
+    store.close()
+
+
+def test_put_get_delete(node: Node) -> None:
+    assert node.put(A, 1, b"k", b"v1").ok
+    assert node.value(b"k") == b"v1"
+    assert node.put(A, 2, b"k", b"v2").ok
+    assert node.value(b"k") == b"v2"
+    assert node.delete(A, 3, b"k").ok is True
+    assert node.value(b"k") is None
+    assert node.delete(A, 4, b"k").ok is False
+    assert node.value(b"missing") is None
+    assert node.store.get(b"k") == (False, b"", 4)
+
+
+def test_empty_value_is_present(node: Node) -> None:
+    node.put(A, 1, b"k", b"")
+    assert node.store.get(b"k")[:2] == (True, b"")
+
+
+def test_cas(node: Node) -> None:
+    assert node.cas(A, 1, b"k", b"x", b"v1").ok is False  # absent is not equal to b"x"
+    assert node.cas(A, 2, b"k", b"", b"v1").ok is False  # nor to b""
+    assert node.value(b"k") is None
+    assert node.cas(A, 3, b"k", None, b"v1").ok is True  # expect_absent
+    assert node.cas(A, 4, b"k", None, b"v2").ok is False  # present now
+    assert node.value(b"k") == b"v1"
+    assert node.cas(A, 5, b"k", b"wrong", b"v2").ok is False
+    assert node.cas(A, 6, b"k", b"v1", b"v2").ok is True
+    assert node.value(b"k") == b"v2"
+
+
+def test_long_keys_beyond_lmdb_key_limit(node: Node) -> None:
+    long_a, long_b = b"a" * 4096, b"a" * 4095 + b"b"
+    node.put(A, 1, long_a, b"va")
+    node.put(A, 2, long_b, b"vb")
+    assert node.value(long_a) == b"va"
+    assert node.value(long_b) == b"vb"
+    assert node.cas(A, 3, long_a, b"va", b"va2").ok
+    assert node.delete(A, 4, long_b).ok
+    assert (node.value(long_a), node.value(long_b)) == (b"va2", None)
+
+
+def test_duplicate_delete_reports_recorded_result_without_reapplying(node: Node) -> None:
+    node.put(A, 1, b"k", b"v1")
+    first = node.delete(A, 2, b"k")
+    assert first.ok is True and not first.duplicate
+    node.put(B, 1, b"k", b"v2")  # someone else recreates the key
+    retry = node.delete(A, 2, b"k")
+    assert (retry.ok, retry.duplicate, retry.stale) == (True, True, False)
+    assert node.value(b"k") == b"v2"  # the retry did not delete again
+
+
+def test_duplicate_cas_does_not_swap_again(node: Node) -> None:
+    node.put(A, 1, b"k", b"old")
+    assert node.cas(A, 2, b"k", b"old", b"new").ok
+    node.put(B, 1, b"k", b"old")
+    retry = node.cas(A, 2, b"k", b"old", b"new")
+    assert retry.ok and retry.duplicate
+    assert node.value(b"k") == b"old"
+    failed = node.cas(A, 3, b"k", b"nope", b"x")
+    node.put(B, 2, b"k", b"nope")
+    assert node.cas(A, 3, b"k", b"nope", b"x").ok is False  # recorded failure stays a failure
+    assert node.value(b"k") == b"nope"
+    assert failed.ok is False
+
+
+def test_duplicate_put_changes_nothing(node: Node) -> None:
+    node.put(A, 1, b"k", b"v1")
+    node.put(B, 1, b"k", b"v2")
+    assert node.put(A, 1, b"k", b"v1").duplicate
+    assert node.value(b"k") == b"v2"
+
+
+def test_async_client_keeps_many_results_out_of_order(node: Node) -> None:
+    # Seqs 1..4 in flight at once; the log holds them in a different order.
+    for seq in (3, 1, 4, 2):
+        node.put(A, seq, b"k%d" % seq, b"v", low=1)
+    session = node.store.session(A)
+    assert session is not None
+    assert sorted(session.results) == [1, 2, 3, 4]
+    for seq in (1, 2, 3, 4):
+        assert node.put(A, seq, b"k%d" % seq, b"other", low=1).duplicate
+    assert node.value(b"k1") == b"v"
+
+
+def test_lowest_pending_seq_prunes_and_makes_old_retries_stale(node: Node) -> None:
+    node.put(A, 1, b"k", b"v1", low=1)
+    node.put(A, 2, b"k", b"v2", low=1)
+    node.put(A, 3, b"k", b"v3", low=1)
+    node.put(A, 4, b"j", b"w4", low=3)  # seqs 1 and 2 were answered
+    session = node.store.session(A)
+    assert session is not None
+    assert session.lowest_pending_seq == 3
+    assert sorted(session.results) == [3, 4]
+    stale = node.put(A, 2, b"k", b"v2", low=1)
+    assert (stale.ok, stale.stale, stale.duplicate) == (False, True, False)
+    assert node.value(b"k") == b"v3"  # not applied
+    assert node.put(A, 3, b"k", b"v3", low=3).duplicate
+    # A lower lowest_pending_seq never lowers the session's.
+    node.put(A, 5, b"j", b"w5", low=1)
+    assert node.store.session(A).lowest_pending_seq == 3  # type: ignore[union-attr]
+
+
+def test_results_per_session_are_bounded_safely(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machine_module, "MAX_RESULTS_PER_SESSION", 3)
+    for seq in range(1, 6):  # a client that never advances lowest_pending_seq
+        node.put(A, seq, b"k", b"v%d" % seq, low=1)
+    session = node.store.session(A)
+    assert session is not None
+    assert sorted(session.results) == [3, 4, 5]
+    assert session.lowest_pending_seq == 3
+    # The forgotten seqs are refused as stale, never applied twice.
+    assert node.put(A, 1, b"k", b"again", low=1).stale
+    assert node.value(b"k") == b"v5"
+
+
+def test_session_eviction_is_lru_by_log_index(node: Node) -> None:
+    # max_sessions=3 in the fixture.
+    node.put(A, 1, b"a", b"1")
+    node.put(B, 1, b"b", b"1")
+    node.put(C, 1, b"c", b"1")
+    node.put(A, 2, b"a", b"2")  # A is now the most recently used
+    assert node.store.session_count() == 3
+    node.put(D, 1, b"d", b"1")  # evicts B, the least recently used
+    assert node.store.session_count() == 3
+    assert node.store.session(B) is None
+    assert all(node.store.session(c) is not None for c in (A, C, D))
+    # B's retry is no longer recognised: it is applied again (the documented cost).
+    node.put(B, 2, b"b", b"x")
+    retry = node.put(B, 1, b"b", b"1")
+    assert not retry.duplicate and node.value(b"b") == b"1"
+    assert node.store.session_count() == 3
+    assert node.store.session(C) is None  # C was next in line
+
+
+def test_duplicate_does_not_touch_lru(node: Node) -> None:
+    node.put(A, 1, b"a", b"1")
+    node.put(B, 1, b"b", b"1")
+    node.put(C, 1, b"c", b"1")
+    assert node.put(A, 1, b"a", b"1").duplicate  # "changes nothing else"
+    node.put(D, 1, b"d", b"1")
+    assert node.store.session(A) is None
+
+
+def test_empty_client_id_bypasses_sessions(node: Node) -> None:
+    node.put(b"", 1, b"k", b"v")
+    assert node.delete(b"", 1, b"k").ok
+    assert node.delete(b"", 1, b"k").ok is False  # applied again, not deduplicated
+    assert node.store.session_count() == 0
+
+
+def test_noop_empty_and_malformed_entries_only_advance_applied(node: Node) -> None:
+    before = node.store.shard_digests()
+    assert node.apply(b"", EntryType.NOOP).ok
+    assert node.apply(b"").ok
+    bad = node.apply(b"\xff\xff\xff")
+    assert bad.malformed and not bad.ok
+    no_op = node.apply(encode_put(A, 1, 0, b"k", b"v")[:4])  # truncated protobuf
+    assert no_op.malformed
+    assert node.store.applied_index() == 4
+    assert node.store.shard_digests() == before
+    assert node.store.session_count() == 0
+
+
+def test_commands_round_trip() -> None:
+    cmd = decode(encode_cas(A, 7, 3, b"k", None, b"v"))
+    assert (cmd.client_id, cmd.seq, cmd.lowest_pending_seq) == (A, 7, 3)
+    assert cmd.cas.expect_absent and cmd.cas.value == b"v"
+    cmd = decode(encode_cas(A, 7, 3, b"k", b"", b"v"))
+    assert not cmd.cas.expect_absent and cmd.cas.expected == b""
+
+
+def _random_log(seed: int, n: int) -> list[bytes]:
+    rng = random.Random(seed)
+    clients = [b"c%d" % i for i in range(6)]
+    seqs = dict.fromkeys(clients, 0)
+    out: list[bytes] = []
+    for _ in range(n):
+        cid = rng.choice(clients)
+        if seqs[cid] and rng.random() < 0.15:  # a retry of an earlier seq
+            seq = rng.randint(max(1, seqs[cid] - 3), seqs[cid])
+        else:
+            seqs[cid] += 1
+            seq = seqs[cid]
+        low = max(0, seqs[cid] - rng.randint(0, 4))
+        key = b"k%d" % rng.randint(0, 30)
+        value = b"v%d" % rng.randint(0, 3)
+        op = rng.random()
+        if op < 0.4:
+            out.append(encode_put(cid, seq, low, key, value))
+        elif op < 0.6:
+            out.append(encode_delete(cid, seq, low, key))
+        else:
+            expected = None if rng.random() < 0.3 else b"v%d" % rng.randint(0, 3)
+            out.append(encode_cas(cid, seq, low, key, expected, value))
+    return out
+
+
+def test_lmdb_and_memory_stores_agree(tmp_path: Path) -> None:
+    log = _random_log(seed=7, n=400)
+    entries = [Entry(term=1, index=i + 1, data=d) for i, d in enumerate(log)]
+    stores = [_open("lmdb", tmp_path, max_sessions=4), _open("memory", tmp_path, max_sessions=4)]
+    try:
+        outcomes = []
+        for store in stores:
+            results: list[ApplyResult] = []
+            for lo in range(0, len(entries), 37):  # batches of several entries
+                batch = entries[lo : lo + 37]
+                results += store.persist_and_apply(None, batch, batch)
+            outcomes.append(
+                (results, store.shard_digests(), [store.get(b"k%d" % i) for i in range(31)])
+            )
+        assert outcomes[0] == outcomes[1]
+        results = outcomes[0][0]
+        assert any(r.duplicate for r in results) and any(r.stale for r in results)
+        assert len(set(outcomes[0][1])) > 1  # the shards hold different data
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_dict_txn_is_atomic_until_commit() -> None:
+    dbs: dict[str, dict[bytes, bytes]] = {"x": {b"a": b"1"}}
+    txn = DictTxn(dbs)
+    txn.put("x", b"b", b"2")
+    assert txn.delete("x", b"a")
+    assert txn.get("x", b"a") is None and txn.get("x", b"b") == b"2"
+    assert list(txn.items("x")) == [(b"b", b"2")]
+    assert txn.first_key("x", b"a") is None and txn.first_key("x", b"") == b"b"
+    assert dbs == {"x": {b"a": b"1"}}
+    txn.commit()
+    assert dbs == {"x": {b"b": b"2"}}
+
+
+def test_machine_directly_over_dict_txn() -> None:
+    sm = ShardedStateMachine(shards=2, vnodes=8)
+    dbs: dict[str, dict[bytes, bytes]] = {}
+    txn = DictTxn(dbs)
+    res = sm.apply(txn, Entry(term=1, index=1, data=encode_put(A, 1, 0, b"k", b"v")))
+    assert res == ApplyResult(1, A, 1, ok=True, stale=False)
+    assert sm.read(txn, b"k") == b"v"
+    txn.commit()
+    assert sm.read(DictTxn(dbs), b"k") == b"v"
