@@ -132,8 +132,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             self._check_value(request.value)
             self._check_value(request.expected)
             cid, seq, low = self._write_id(request)
-            data = commands.encode_cas(cid, seq, low, request.key, request.expected,
-                                       request.value, expect_absent=request.expect_absent)
+            expected = None if request.expect_absent else request.expected
+            data = commands.encode_cas(cid, seq, low, request.key, expected, request.value)
             res = await self._propose(data, context)
             return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=res.ok)
         return await self._run(context, go())

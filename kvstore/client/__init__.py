@@ -1,0 +1,38 @@
+"""kvstore clients: leader discovery, retries with stable write ids, one overall deadline.
+
+    from kvstore.client import KVClient
+    with KVClient(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], timeout=10.0) as c:
+        c.put("k", "v")
+        assert c.get("k") == b"v"
+
+:class:`KVClient` (blocking) and :class:`AsyncKVClient` (asyncio) are thin shells
+over one sans-I/O core (``kvstore.client._core``), so they behave identically.
+"""
+
+from kvstore.client._core import (
+    DEFAULT_TIMEOUT,
+    GetResult,
+    NodeStatus,
+    WriteId,
+    parse_endpoint,
+    parse_endpoints,
+)
+from kvstore.client.aio import AsyncKVClient
+from kvstore.client.errors import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.client.sync import KVClient
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncKVClient",
+    "GetResult",
+    "InvalidArgument",
+    "KVClient",
+    "KVError",
+    "NodeStatus",
+    "NotLeader",
+    "Timeout",
+    "Unavailable",
+    "WriteId",
+    "parse_endpoint",
+    "parse_endpoints",
+]

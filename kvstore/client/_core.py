@@ -1,0 +1,749 @@
+"""Sans-I/O core shared by :class:`KVClient` and :class:`AsyncKVClient`.
+
+Everything that decides *what* to do lives here: which endpoint to try next
+(leader hints, rotation), how long to back off, how long one attempt may take,
+which write id a write carries, how a gRPC status maps to "retry" or "give up",
+and which exception to raise at the end. The two client shells only perform the
+I/O this core asks for (one gRPC call, or one sleep) and report the result back.
+This keeps the sync and async clients from drifting apart, which is what
+happened to redis-py's hand-kept twin clients (see EXAMPLES.md).
+
+The core never reads a clock, sleeps, or opens a socket: callers pass ``now``
+(a monotonic time in seconds) in, and randomness comes from an injected
+``random.Random``. That makes every retry decision unit-testable.
+
+Protocol of one call (both shells run exactly this loop)::
+
+    call = core.start(op, now)
+    try:
+        while True:
+            step = call.next_step(now)          # raises KVError when out of time
+            if isinstance(step, Backoff): sleep(step.seconds); continue
+            try: response = rpc(step.endpoint, call.method, call.request, step.timeout)
+            except RpcError as e:
+                error = call.on_failure(step.endpoint, failure_from_rpc_error(e), now)
+                if error is not None: raise error
+                continue
+            return call.on_success(step.endpoint, response)
+    finally:
+        call.close()
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from kvstore.client.errors import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.v1 import kv_pb2
+
+DEFAULT_TIMEOUT = 10.0
+# One attempt may not take the whole deadline: a hung (e.g. SIGSTOPped or
+# partitioned) leader would otherwise eat the budget that a failover needs.
+DEFAULT_ATTEMPT_TIMEOUT = 5.0
+DEFAULT_BACKOFF_INITIAL = 0.010
+DEFAULT_BACKOFF_MAX = 0.200
+# Below this much remaining time an attempt cannot meaningfully complete.
+MIN_ATTEMPT_SECONDS = 0.002
+
+LEADER_ID_KEY = "kvstore-leader-id"
+LEADER_ADDRESS_KEY = "kvstore-leader-address"
+
+R = TypeVar("R")
+KeyLike = bytes | str
+
+
+# --------------------------------------------------------------------------- values
+
+
+def to_bytes(value: KeyLike, what: str) -> bytes:
+    """Accept bytes or str (encoded as UTF-8); reject anything else early.
+
+    A TypeError here is a programming error in the caller, not a server verdict,
+    so it is deliberately not a KVError.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def parse_endpoint(text: str) -> str:
+    """Validate one ``HOST:PORT`` (or ``[V6]:PORT``) and return it stripped.
+
+    Raises ValueError with a message fit for a one-line CLI error.
+    """
+    endpoint = text.strip()
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port:
+        raise ValueError(f"bad endpoint {text!r}: expected HOST:PORT")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"bad endpoint {text!r}: expected [IPV6]:PORT")
+    elif ":" in host:
+        raise ValueError(f"bad endpoint {text!r}: write IPv6 hosts as [ADDR]:PORT")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"bad endpoint {text!r}: host contains whitespace")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad endpoint {text!r}: port must be 1..65535")
+    return endpoint
+
+
+def parse_endpoints(spec: str | Iterable[str]) -> list[str]:
+    """Parse ``"h:p,h:p"`` or a list of ``"h:p"``; order kept, duplicates dropped."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    endpoints: list[str] = []
+    for item in items:
+        endpoint = parse_endpoint(item)
+        if endpoint not in endpoints:
+            endpoints.append(endpoint)
+    if not endpoints:
+        raise ValueError("no endpoints given")
+    return endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class WriteId:
+    """Identity of one logical write; every retry of it carries the same value."""
+
+    client_id: bytes
+    seq: int
+    lowest_pending_seq: int
+
+    def to_proto(self) -> kv_pb2.WriteId:
+        return kv_pb2.WriteId(
+            client_id=self.client_id, seq=self.seq, lowest_pending_seq=self.lowest_pending_seq
+        )
+
+
+class WriteIds:
+    """Allocates (client_id, seq) and tracks which seqs are still in flight.
+
+    ``lowest_pending_seq`` lets the servers forget the recorded results of
+    writes this client will never retry again (Raft thesis 6.3). A seq leaves
+    the pending set when its call ends, whatever the outcome: after that the
+    client never sends it again. A lock makes this safe for a KVClient shared
+    by threads; no I/O happens while it is held.
+    """
+
+    def __init__(self, client_id: bytes | None = None) -> None:
+        self.client_id = client_id if client_id is not None else os.urandom(16)
+        self._next_seq = 1
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def lowest_pending_seq(self) -> int:
+        with self._lock:
+            return min(self._pending) if self._pending else self._next_seq
+
+    @property
+    def pending(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._pending)
+
+    def allocate(self) -> WriteId:
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._pending.add(seq)
+            return WriteId(self.client_id, seq, min(self._pending))
+
+    def release(self, seq: int) -> None:
+        with self._lock:
+            self._pending.discard(seq)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Deadline and backoff settings of a client.
+
+    Backoff is exponential with "equal jitter": attempt n waits a uniform time in
+    [b/2, b] with b = min(backoff_max, backoff_initial * 2**n), so retries spread
+    out without ever collapsing to zero or exceeding the cap.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.attempt_timeout <= 0:
+            raise ValueError("attempt_timeout must be positive")
+        if not 0 < self.backoff_initial <= self.backoff_max:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        ceiling = min(self.backoff_max, self.backoff_initial * (2 ** min(retry, 30)))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class Router:
+    """Which endpoint a call should try; shared by all calls of one client.
+
+    Remembers the last node that acted as leader so that later calls go there
+    first. Addresses learned from leader hints are added to the rotation, so a
+    client given only a follower's address still finds the leader.
+    """
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        if not endpoints:
+            raise ValueError("no endpoints given")
+        self.configured: tuple[str, ...] = tuple(endpoints)
+        self._endpoints: list[str] = list(endpoints)
+        self._leader: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._endpoints)
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    def first_choice(self) -> str:
+        with self._lock:
+            return self._leader or self._endpoints[0]
+
+    def learn_leader(self, address: str) -> None:
+        with self._lock:
+            if address not in self._endpoints:
+                self._endpoints.append(address)
+            self._leader = address
+
+    def forget_leader(self, address: str) -> None:
+        with self._lock:
+            if self._leader == address:
+                self._leader = None
+
+    def next_after(self, address: str) -> str:
+        with self._lock:
+            try:
+                i = self._endpoints.index(address)
+            except ValueError:
+                return self._endpoints[0]
+            return self._endpoints[(i + 1) % len(self._endpoints)]
+
+
+# --------------------------------------------------------------------------- steps and failures
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Send the call's request to ``endpoint`` with a gRPC timeout of ``timeout`` s."""
+
+    endpoint: str
+    timeout: float
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Sleep ``seconds`` and then ask for the next step."""
+
+    seconds: float
+
+
+Step = Attempt | Backoff
+
+
+@dataclass(frozen=True, slots=True)
+class RpcFailure:
+    """What the shell saw when an attempt failed, stripped of grpc object types."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    leader_id: str = ""
+    leader_address: str = ""
+
+    def describe(self) -> str:
+        return f"{self.code.name}: {self.details}" if self.details else self.code.name
+
+
+def failure_from_rpc_error(error: Any) -> RpcFailure:
+    """Convert a grpc.RpcError / grpc.aio.AioRpcError (same duck type) to RpcFailure."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    details = error.details() if callable(getattr(error, "details", None)) else None
+    metadata: dict[str, str] = {}
+    get_trailing = getattr(error, "trailing_metadata", None)
+    trailing = get_trailing() if callable(get_trailing) else None
+    for item in trailing or ():
+        key, value = item[0], item[1]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        metadata[str(key).lower()] = str(value)
+    return RpcFailure(
+        code=code,
+        details=str(details or "").strip().replace("\n", " "),
+        leader_id=metadata.get(LEADER_ID_KEY, ""),
+        leader_address=metadata.get(LEADER_ADDRESS_KEY, ""),
+    )
+
+
+def _never_sent(failure: RpcFailure) -> bool:
+    """True if gRPC reports that no connection was made, so no server saw the request.
+
+    gRPC core words a refused/unroutable connection as "failed to connect to all
+    addresses"; every other UNAVAILABLE may come after the request was sent.
+    """
+    return (
+        failure.code is grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in failure.details.lower()
+    )
+
+
+class _Kind(Enum):
+    """How a failed attempt is treated."""
+
+    NOT_LEADER = "not leader"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+
+
+_RETRYABLE: dict[grpc.StatusCode, _Kind] = {
+    grpc.StatusCode.FAILED_PRECONDITION: _Kind.NOT_LEADER,
+    grpc.StatusCode.UNAVAILABLE: _Kind.UNAVAILABLE,
+    # CANCELLED reaches a client when the server shuts down mid-call.
+    grpc.StatusCode.CANCELLED: _Kind.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: _Kind.TIMEOUT,
+}
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """A read's value plus which node answered and how far its state machine had got."""
+
+    key: bytes
+    value: bytes | None
+    found: bool
+    node: str
+    applied_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node's view of the cluster, or ``reachable=False`` if it did not answer."""
+
+    id: str | None
+    address: str
+    role: str  # "leader" | "follower" | "candidate" | "down"
+    term: int | None
+    commit_index: int | None
+    applied_index: int | None
+    leader_id: str | None
+    reachable: bool
+    leader_address: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields of the `status --json` contract, in contract order."""
+        return {
+            "id": self.id,
+            "address": self.address,
+            "role": self.role,
+            "term": self.term,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "leader_id": self.leader_id,
+            "reachable": self.reachable,
+        }
+
+
+@dataclass(frozen=True)
+class Operation(Generic[R]):
+    """One client operation: which RPC, how to build its request, how to read the reply.
+
+    ``build`` receives the write id (None for reads) so that the id is allocated
+    only when a call actually starts and is released when it ends.
+    """
+
+    name: str
+    method: str
+    build: Callable[[WriteId | None], Any]
+    parse: Callable[[Any], R]
+    is_write: bool = False
+    pinned: str | None = None  # stale reads go to this endpoint only
+    timeout: float | None = None  # overrides the client's timeout for this call
+
+
+class Call(Generic[R]):
+    """Retry state of one operation, from first attempt to result or exception."""
+
+    def __init__(
+        self,
+        op: Operation[R],
+        *,
+        router: Router,
+        policy: RetryPolicy,
+        rng: random.Random,
+        write_ids: WriteIds,
+        now: float,
+    ) -> None:
+        self.op = op
+        self._router = router
+        self._policy = policy
+        self._rng = rng
+        self._write_ids = write_ids
+        self.timeout = op.timeout if op.timeout is not None else policy.timeout
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.deadline = now + self.timeout
+        self.write_id = write_ids.allocate() if op.is_write else None
+        self.request = op.build(self.write_id)
+        self._next_endpoint = op.pinned or router.first_choice()
+        self._pending_delay = 0.0
+        self._backoffs = 0
+        self._hint_follows = 0
+        self._attempts = 0
+        self._tried: list[str] = []
+        self._last_failure: tuple[str, RpcFailure, _Kind] | None = None
+        self._maybe_applied = False
+        self._closed = False
+
+    @property
+    def method(self) -> str:
+        return self.op.method
+
+    @property
+    def attempts(self) -> int:
+        return self._attempts
+
+    def next_step(self, now: float) -> Step:
+        """The next thing to do; raises Timeout/Unavailable once the deadline is spent."""
+        remaining = self.deadline - now
+        if self._pending_delay > 0:
+            delay, self._pending_delay = self._pending_delay, 0.0
+            if delay + MIN_ATTEMPT_SECONDS >= remaining:
+                raise self._out_of_time()
+            return Backoff(delay)
+        if remaining <= MIN_ATTEMPT_SECONDS:
+            raise self._out_of_time()
+        self._attempts += 1
+        endpoint = self._next_endpoint
+        if endpoint not in self._tried:
+            self._tried.append(endpoint)
+        return Attempt(endpoint, min(remaining, self._policy.attempt_timeout), self._attempts)
+
+    def on_success(self, endpoint: str, response: Any) -> R:
+        if self.op.pinned is None:
+            # Only leader-routed calls prove leadership; a stale read does not.
+            self._router.learn_leader(endpoint)
+        self.close()
+        return self.op.parse(response)
+
+    def on_failure(self, endpoint: str, failure: RpcFailure, now: float) -> KVError | None:
+        """Record a failed attempt. Returns the exception to raise, or None to go on."""
+        kind = _RETRYABLE.get(failure.code)
+        if kind is None:
+            self.close()
+            return self._fatal(endpoint, failure)
+        self._last_failure = (endpoint, failure, kind)
+        if kind is not _Kind.NOT_LEADER and self.op.is_write and not _never_sent(failure):
+            # The request reached (or may have reached) a node that could have proposed it.
+            self._maybe_applied = True
+        if kind is _Kind.NOT_LEADER:
+            if self.op.pinned is not None:
+                self.close()
+                return self._not_leader(endpoint, failure)
+            self._after_not_leader(endpoint, failure)
+        else:
+            self._hint_follows = 0
+            self._router.forget_leader(endpoint)
+            if self.op.pinned is None:
+                self._next_endpoint = self._router.next_after(endpoint)
+            self._schedule_backoff()
+        return None
+
+    def close(self) -> None:
+        """End the call: its write id will never be sent again. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self.write_id is not None:
+                self._write_ids.release(self.write_id.seq)
+
+    # -- internals
+
+    def _after_not_leader(self, endpoint: str, failure: RpcFailure) -> None:
+        hint = failure.leader_address
+        self._router.forget_leader(endpoint)
+        if hint and hint != endpoint:
+            self._router.learn_leader(hint)
+            self._next_endpoint = hint
+            self._hint_follows += 1
+            # Follow a fresh hint at once; if hints keep bouncing (stale views during
+            # an election), fall back to backing off.
+            if self._hint_follows <= len(self._router.endpoints):
+                return
+        else:
+            self._next_endpoint = self._router.next_after(endpoint)
+        self._schedule_backoff()
+
+    def _schedule_backoff(self) -> None:
+        self._pending_delay = self._policy.backoff(self._backoffs, self._rng)
+        self._backoffs += 1
+
+    def _tried_text(self) -> str:
+        plural = "attempt" if self._attempts == 1 else "attempts"
+        return f"tried {', '.join(self._tried) or 'nothing'} ({self._attempts} {plural})"
+
+    def _out_of_time(self) -> KVError:
+        self.close()
+        applied = self._maybe_applied
+        if self._last_failure is None:
+            return Timeout(
+                f"{self.op.name}: deadline of {self.timeout:g}s passed before any attempt",
+                maybe_applied=applied,
+            )
+        endpoint, failure, kind = self._last_failure
+        last = f"last error from {endpoint}: {failure.describe()}"
+        if kind is _Kind.UNAVAILABLE:
+            return Unavailable(
+                f"{self.op.name}: no node could serve it within {self.timeout:g}s; "
+                f"{self._tried_text()}; {last}",
+                maybe_applied=applied,
+            )
+        what = "no leader found" if kind is _Kind.NOT_LEADER else "no answer"
+        return Timeout(
+            f"{self.op.name} timed out after {self.timeout:g}s ({what}); "
+            f"{self._tried_text()}; {last}",
+            maybe_applied=applied,
+        )
+
+    def _not_leader(self, endpoint: str, failure: RpcFailure) -> NotLeader:
+        leader = failure.leader_id or failure.leader_address or "unknown"
+        return NotLeader(
+            f"{self.op.name}: {endpoint} is not the leader (leader: {leader})",
+            leader_id=failure.leader_id,
+            leader_address=failure.leader_address,
+            maybe_applied=self._maybe_applied,
+        )
+
+    def _fatal(self, endpoint: str, failure: RpcFailure) -> KVError:
+        if failure.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            # RESOURCE_EXHAUSTED here means "message larger than the receiver's limit".
+            return InvalidArgument(
+                f"{self.op.name} rejected by {endpoint}: {failure.describe()}",
+                maybe_applied=self._maybe_applied,
+            )
+        unsure = self.op.is_write and failure.code is not grpc.StatusCode.UNIMPLEMENTED
+        return KVError(
+            f"{self.op.name} failed on {endpoint}: {failure.describe()}",
+            maybe_applied=self._maybe_applied or unsure,
+        )
+
+
+# --------------------------------------------------------------------------- the core
+
+
+def _header_fields(response: Any) -> tuple[str, int]:
+    header = response.header
+    return header.node_id, header.applied_index
+
+
+class ClientCore:
+    """Per-client state (endpoints, leader, write ids, policy) and operation factories."""
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        rng: random.Random | None = None,
+        client_id: bytes | None = None,
+    ) -> None:
+        self.policy = RetryPolicy(timeout, attempt_timeout, backoff_initial, backoff_max)
+        self.router = Router(parse_endpoints(endpoints))
+        self.write_ids = WriteIds(client_id)
+        self.rng = rng if rng is not None else random.Random()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints the client was configured with (not those learned from hints)."""
+        return self.router.configured
+
+    def start(self, op: Operation[R], now: float) -> Call[R]:
+        return Call(
+            op,
+            router=self.router,
+            policy=self.policy,
+            rng=self.rng,
+            write_ids=self.write_ids,
+            now=now,
+        )
+
+    # -- operations
+
+    def put(self, key: KeyLike, value: KeyLike, timeout: float | None = None) -> Operation[None]:
+        k, v = to_bytes(key, "key"), to_bytes(value, "value")
+        return Operation(
+            name="put",
+            method="Put",
+            build=lambda wid: kv_pb2.PutRequest(key=k, value=v, write_id=_wid(wid)),
+            parse=lambda _response: None,
+            is_write=True,
+            timeout=timeout,
+        )
+
+    def get(
+        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+    ) -> Operation[GetResult]:
+        k = to_bytes(key, "key")
+
+        def parse(response: Any) -> GetResult:
+            node, applied = _header_fields(response)
+            found = bool(response.found)
+            return GetResult(k, bytes(response.value) if found else None, found, node, applied)
+
+        return Operation(
+            name="stale get" if stale else "get",
+            method="Get",
+            build=lambda _wid: kv_pb2.GetRequest(key=k, stale=stale),
+            parse=parse,
+            pinned=self.router.configured[0] if stale else None,
+            timeout=timeout,
+        )
+
+    def delete(self, key: KeyLike, timeout: float | None = None) -> Operation[bool]:
+        k = to_bytes(key, "key")
+        return Operation(
+            name="delete",
+            method="Delete",
+            build=lambda wid: kv_pb2.DeleteRequest(key=k, write_id=_wid(wid)),
+            parse=lambda response: bool(response.existed),
+            is_write=True,
+            timeout=timeout,
+        )
+
+    def cas(
+        self,
+        key: KeyLike,
+        expected: KeyLike | None,
+        new: KeyLike,
+        timeout: float | None = None,
+    ) -> Operation[bool]:
+        k, v = to_bytes(key, "key"), to_bytes(new, "value")
+        exp = None if expected is None else to_bytes(expected, "expected")
+        return Operation(
+            name="cas",
+            method="CompareAndSwap",
+            build=lambda wid: kv_pb2.CompareAndSwapRequest(
+                key=k,
+                expect_absent=exp is None,
+                expected=exp or b"",
+                value=v,
+                write_id=_wid(wid),
+            ),
+            parse=lambda response: bool(response.succeeded),
+            is_write=True,
+            timeout=timeout,
+        )
+
+    # -- status (one unretried Status RPC per configured endpoint, in parallel)
+
+    def status_timeout(self, timeout: float | None) -> float:
+        return timeout if timeout is not None else self.policy.timeout
+
+    @staticmethod
+    def status_request() -> kv_pb2.StatusRequest:
+        return kv_pb2.StatusRequest()
+
+    @staticmethod
+    def node_status(endpoint: str, response: Any) -> NodeStatus:
+        return NodeStatus(
+            id=response.id or None,
+            address=endpoint,
+            role=response.role or "unknown",
+            term=response.term,
+            commit_index=response.commit_index,
+            applied_index=response.applied_index,
+            leader_id=response.leader_id or None,
+            reachable=True,
+            leader_address=response.leader_address or None,
+        )
+
+    @staticmethod
+    def unreachable(endpoint: str, failure: RpcFailure | str) -> NodeStatus:
+        error = failure if isinstance(failure, str) else failure.describe()
+        return NodeStatus(
+            id=None,
+            address=endpoint,
+            role="down",
+            term=None,
+            commit_index=None,
+            applied_index=None,
+            leader_id=None,
+            reachable=False,
+            error=error,
+        )
+
+
+def _wid(write_id: WriteId | None) -> kv_pb2.WriteId:
+    assert write_id is not None, "writes always get a write id"
+    return write_id.to_proto()
+
+
+# Channel options shared by both shells.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Never route loopback/cluster traffic through an HTTP proxy from the environment.
+    ("grpc.enable_http_proxy", 0),
+    # A restarted node should be reachable again quickly; gRPC's default reconnect
+    # backoff (1 s growing to 120 s) would make a recovered node look dead for long.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Values may be configured above gRPC's 4 MiB default receive limit.
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+)
+
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_TIMEOUT",
+    "Attempt",
+    "Backoff",
+    "Call",
+    "ClientCore",
+    "GetResult",
+    "NodeStatus",
+    "Operation",
+    "RetryPolicy",
+    "Router",
+    "RpcFailure",
+    "Step",
+    "WriteId",
+    "WriteIds",
+    "failure_from_rpc_error",
+    "parse_endpoint",
+    "parse_endpoints",
+    "to_bytes",
+]

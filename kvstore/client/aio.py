@@ -1,0 +1,175 @@
+"""asyncio client: a thin grpc.aio shell over :mod:`kvstore.client._core`.
+
+Mirrors :mod:`kvstore.client.sync` line for line in the I/O loop; every decision
+is the core's. Channels are created lazily inside a coroutine because grpc.aio
+binds a channel to the running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from kvstore.client._core import (
+    CHANNEL_OPTIONS,
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_TIMEOUT,
+    Backoff,
+    ClientCore,
+    GetResult,
+    KeyLike,
+    NodeStatus,
+    Operation,
+    failure_from_rpc_error,
+)
+from kvstore.v1 import kv_pb2_grpc
+
+R = TypeVar("R")
+
+
+class AsyncKVClient:
+    """asyncio kvstore client with the same methods and semantics as :class:`KVClient`.
+
+    Use from one event loop. ``await client.close()`` (or ``async with``) when done.
+    Cancelling a call ends it; a cancelled write's outcome is unknown.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        rng: random.Random | None = None,
+        client_id: bytes | None = None,
+    ) -> None:
+        self._core = ClientCore(
+            endpoints,
+            timeout=timeout,
+            attempt_timeout=attempt_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            rng=rng,
+            client_id=client_id,
+        )
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
+        self._closed = False
+
+    # -- public API
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._core.endpoints
+
+    @property
+    def client_id(self) -> bytes:
+        return self._core.write_ids.client_id
+
+    async def put(self, key: KeyLike, value: KeyLike, *, timeout: float | None = None) -> None:
+        """Store ``value`` under ``key``; returns once committed by a majority and applied."""
+        await self._run(self._core.put(key, value, timeout))
+
+    async def get(
+        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+    ) -> bytes | None:
+        """Linearizable read (or, with ``stale=True``, the first endpoint's local state)."""
+        return (await self._run(self._core.get(key, stale=stale, timeout=timeout))).value
+
+    async def get_result(
+        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+    ) -> GetResult:
+        """Like :meth:`get`, plus which node answered and at what applied index."""
+        return await self._run(self._core.get(key, stale=stale, timeout=timeout))
+
+    async def delete(self, key: KeyLike, *, timeout: float | None = None) -> bool:
+        """Delete ``key``; True if it existed."""
+        return await self._run(self._core.delete(key, timeout))
+
+    async def cas(
+        self,
+        key: KeyLike,
+        expected: KeyLike | None,
+        new: KeyLike,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set ``key`` to ``new`` iff it holds ``expected`` (None: iff it is absent)."""
+        return await self._run(self._core.cas(key, expected, new, timeout))
+
+    async def status(self, *, timeout: float | None = None) -> list[NodeStatus]:
+        """Ask every configured endpoint for its status, in parallel, without retries."""
+        deadline = self._core.status_timeout(timeout)
+        request = self._core.status_request()
+
+        async def one(endpoint: str) -> NodeStatus:
+            try:
+                response = await self._stub(endpoint).Status(request, timeout=deadline)
+            except grpc.RpcError as exc:
+                return self._core.unreachable(endpoint, failure_from_rpc_error(exc))
+            return self._core.node_status(endpoint, response)
+
+        return list(await asyncio.gather(*(one(ep) for ep in self._core.endpoints)))
+
+    async def close(self) -> None:
+        """Close every channel. The client cannot be used afterwards."""
+        self._closed = True
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncKVClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the I/O loop
+
+    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+        if self._closed:
+            raise RuntimeError("AsyncKVClient is closed")
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+            stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
+        return stub
+
+    async def _run(self, op: Operation[R]) -> R:
+        call = self._core.start(op, time.monotonic())
+        try:
+            while True:
+                step = call.next_step(time.monotonic())
+                if isinstance(step, Backoff):
+                    await asyncio.sleep(step.seconds)
+                    continue
+                rpc: Any = getattr(self._stub(step.endpoint), call.method)
+                try:
+                    response = await rpc(call.request, timeout=step.timeout)
+                except grpc.RpcError as exc:
+                    failure = failure_from_rpc_error(exc)
+                else:
+                    return call.on_success(step.endpoint, response)
+                # Raised outside the except block so the grpc error is not chained.
+                error = call.on_failure(step.endpoint, failure, time.monotonic())
+                if error is not None:
+                    raise error
+        finally:
+            call.close()

@@ -1,0 +1,82 @@
+"""Exceptions raised by the kvstore clients.
+
+Every exception derives from :class:`KVError`. What matters most to a caller that
+wrote something is whether the write *may* have been applied, so each class says so
+in its docstring, and every instance carries it as ``maybe_applied``:
+
+- "definitely not applied": :class:`InvalidArgument`, and :class:`NotLeader` as
+  raised by a server before it proposed anything.
+- "outcome unknown": :class:`Unavailable` and :class:`Timeout` for a write. The
+  write may have been committed (e.g. the leader crashed after appending it but
+  before answering). Retrying the same logical operation with a *new* call is
+  not idempotent; the client's own retries inside one call are, because they
+  reuse the write id.
+
+Reads never change state, so for them ``maybe_applied`` is always False.
+"""
+
+from __future__ import annotations
+
+
+class KVError(Exception):
+    """Base class of every kvstore client error.
+
+    ``maybe_applied`` is True when the failed call was a write whose effect may
+    already be (or later become) visible in the store; False when it certainly
+    had no effect. It is also raised as-is for unexpected server status codes
+    (e.g. INTERNAL), which the client does not retry.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.maybe_applied = maybe_applied
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotLeader(KVError):
+    """The contacted node is not the leader; the request was NOT applied.
+
+    The server answers this before proposing anything, so the request had no
+    effect. ``leader_id`` / ``leader_address`` name the leader when the node knows
+    it ("" otherwise). The clients follow this hint themselves; callers normally
+    only see it from low-level helpers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        leader_id: str = "",
+        leader_address: str = "",
+        maybe_applied: bool = False,
+    ) -> None:
+        super().__init__(message, maybe_applied=maybe_applied)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class Unavailable(KVError):
+    """No node could serve the request before the deadline: outcome UNKNOWN for a write.
+
+    Raised when the last failure was unavailability (no quorum, leadership lost
+    mid-request, connection refused/reset). A write may have been applied; a read
+    had no effect.
+    """
+
+
+class InvalidArgument(KVError):
+    """The request was rejected as malformed (bad key or value): definitely NOT applied.
+
+    Never retried: sending the same request again cannot succeed.
+    """
+
+
+class Timeout(KVError):
+    """The call's overall deadline passed: outcome UNKNOWN for a write.
+
+    A write that timed out may have been applied (``maybe_applied`` tells whether
+    any attempt got far enough for that to be possible).
+    """

@@ -1,0 +1,185 @@
+"""Blocking client: a thin I/O shell over :mod:`kvstore.client._core`.
+
+All retry, routing and error decisions are made by the core; this module only
+performs the gRPC call or the sleep that the core asks for. Keep it that way:
+any logic added here would have to be duplicated in :mod:`kvstore.client.aio`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from kvstore.client._core import (
+    CHANNEL_OPTIONS,
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_TIMEOUT,
+    Backoff,
+    ClientCore,
+    GetResult,
+    KeyLike,
+    NodeStatus,
+    Operation,
+    failure_from_rpc_error,
+)
+from kvstore.v1 import kv_pb2_grpc
+
+R = TypeVar("R")
+
+
+class KVClient:
+    """Blocking kvstore client. Thread-safe; one gRPC channel per endpoint, reused.
+
+    Every call retries internally (leader hints, other endpoints, backoff) until it
+    succeeds or its overall deadline (``timeout``, default 10 s; per call
+    overridable) passes. Writes keep the same (client_id, seq) on every retry so
+    the cluster applies them at most once. See :mod:`kvstore.client.errors` for
+    which failures mean "not applied" and which mean "outcome unknown".
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        rng: random.Random | None = None,
+        client_id: bytes | None = None,
+    ) -> None:
+        self._core = ClientCore(
+            endpoints,
+            timeout=timeout,
+            attempt_timeout=attempt_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            rng=rng,
+            client_id=client_id,
+        )
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- public API
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._core.endpoints
+
+    @property
+    def client_id(self) -> bytes:
+        return self._core.write_ids.client_id
+
+    def put(self, key: KeyLike, value: KeyLike, *, timeout: float | None = None) -> None:
+        """Store ``value`` under ``key``; returns once committed by a majority and applied."""
+        self._run(self._core.put(key, value, timeout))
+
+    def get(
+        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+    ) -> bytes | None:
+        """Linearizable read (or, with ``stale=True``, the first endpoint's local state)."""
+        return self._run(self._core.get(key, stale=stale, timeout=timeout)).value
+
+    def get_result(
+        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+    ) -> GetResult:
+        """Like :meth:`get`, plus which node answered and at what applied index."""
+        return self._run(self._core.get(key, stale=stale, timeout=timeout))
+
+    def delete(self, key: KeyLike, *, timeout: float | None = None) -> bool:
+        """Delete ``key``; True if it existed."""
+        return self._run(self._core.delete(key, timeout))
+
+    def cas(
+        self,
+        key: KeyLike,
+        expected: KeyLike | None,
+        new: KeyLike,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set ``key`` to ``new`` iff it holds ``expected`` (None: iff it is absent)."""
+        return self._run(self._core.cas(key, expected, new, timeout))
+
+    def status(self, *, timeout: float | None = None) -> list[NodeStatus]:
+        """Ask every configured endpoint for its status, in parallel, without retries.
+
+        A node that does not answer in time is listed with ``reachable=False``.
+        """
+        deadline = self._core.status_timeout(timeout)
+        request = self._core.status_request()
+        futures = [
+            (ep, self._stub(ep).Status.future(request, timeout=deadline))
+            for ep in self._core.endpoints
+        ]
+        result: list[NodeStatus] = []
+        for endpoint, future in futures:
+            try:
+                result.append(self._core.node_status(endpoint, future.result()))
+            except grpc.RpcError as exc:
+                result.append(self._core.unreachable(endpoint, failure_from_rpc_error(exc)))
+        return result
+
+    def close(self) -> None:
+        """Close every channel. The client cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> KVClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the I/O loop
+
+    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("KVClient is closed")
+            stub = self._stubs.get(endpoint)
+            if stub is None:
+                channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                self._channels[endpoint] = channel
+                stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
+            return stub
+
+    def _run(self, op: Operation[R]) -> R:
+        call = self._core.start(op, time.monotonic())
+        try:
+            while True:
+                step = call.next_step(time.monotonic())
+                if isinstance(step, Backoff):
+                    time.sleep(step.seconds)
+                    continue
+                rpc: Any = getattr(self._stub(step.endpoint), call.method)
+                try:
+                    response = rpc(call.request, timeout=step.timeout)
+                except grpc.RpcError as exc:
+                    failure = failure_from_rpc_error(exc)
+                else:
+                    return call.on_success(step.endpoint, response)
+                # Raised outside the except block so the grpc error is not chained.
+                error = call.on_failure(step.endpoint, failure, time.monotonic())
+                if error is not None:
+                    raise error
+        finally:
+            call.close()

@@ -1,0 +1,130 @@
+"""Cluster definitions: which nodes a local cluster has, where they listen, how they are tuned.
+
+The built-in layout (``default_layout``) is what ``kvstore cluster up`` uses
+without ``--config``: node i is "n{i}" on 127.0.0.1:base_port+i-1. The files in the
+repository's top-level ``cluster/`` directory (local-3.json, local-5.json) describe
+the same layouts explicitly and can be passed with ``--config``; a test keeps the
+two in agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BASE_PORT = 7001
+DEFAULT_NODES = 3
+MIN_NODES = 3
+MAX_NODES = 5
+
+# Settings a definition may carry, mapped to the `kvstore serve` option they set.
+SETTING_OPTIONS: dict[str, str] = {
+    "tick_ms": "--tick-ms",
+    "election_ticks": "--election-ticks",
+    "shards": "--shards",
+    "max_value_bytes": "--max-value-bytes",
+}
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class LayoutError(ValueError):
+    """A cluster definition is malformed; the message names the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    id: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    settings: dict[str, int] = field(default_factory=dict)
+
+    def node(self, node_id: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.id == node_id:
+                return spec
+        raise KeyError(node_id)
+
+    def serve_args(self, node_id: str, data_dir: str) -> list[str]:
+        """The `kvstore serve` arguments (after "serve") that start ``node_id``."""
+        me = self.node(node_id)
+        peers = ",".join(f"{n.id}={n.address}" for n in self.nodes if n.id != node_id)
+        args = ["--id", me.id, "--listen", me.address, "--peers", peers, "--data-dir", data_dir]
+        for key, value in self.settings.items():
+            args += [SETTING_OPTIONS[key], str(value)]
+        return args
+
+
+def default_layout(
+    nodes: int = DEFAULT_NODES, base_port: int = DEFAULT_BASE_PORT, host: str = DEFAULT_HOST
+) -> Layout:
+    """Node i = "n{i}" on host:base_port+i-1 (the contract of `kvstore cluster up`)."""
+    if not MIN_NODES <= nodes <= MAX_NODES:
+        raise LayoutError(f"--nodes must be between {MIN_NODES} and {MAX_NODES}, not {nodes}")
+    if not 0 < base_port or base_port + nodes - 1 > 65535:
+        raise LayoutError(f"--base-port {base_port} leaves no room for {nodes} ports")
+    specs = tuple(NodeSpec(f"n{i}", host, base_port + i - 1) for i in range(1, nodes + 1))
+    return Layout(name=f"local-{nodes}", nodes=specs)
+
+
+def layout_from_json(data: Any, source: str = "definition") -> Layout:
+    """Parse a definition like cluster/local-3.json, checking everything it states."""
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise LayoutError(f"{source}: expected an object with a 'nodes' list")
+    default_host = data.get("host", DEFAULT_HOST)
+    specs: list[NodeSpec] = []
+    for i, item in enumerate(data["nodes"]):
+        if not isinstance(item, dict):
+            raise LayoutError(f"{source}: nodes[{i}] is not an object")
+        node_id, host, port = item.get("id"), item.get("host", default_host), item.get("port")
+        if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+            raise LayoutError(f"{source}: nodes[{i}] has a bad id {node_id!r}")
+        if not isinstance(host, str) or not host:
+            raise LayoutError(f"{source}: node {node_id} has a bad host {host!r}")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise LayoutError(f"{source}: node {node_id} has a bad port {port!r}")
+        specs.append(NodeSpec(node_id, host, port))
+    if not specs:
+        raise LayoutError(f"{source}: no nodes")
+    if len({s.id for s in specs}) != len(specs):
+        raise LayoutError(f"{source}: duplicate node ids")
+    if len({s.address for s in specs}) != len(specs):
+        raise LayoutError(f"{source}: duplicate node addresses")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise LayoutError(f"{source}: 'settings' must be an object")
+    for key, value in settings.items():
+        if key not in SETTING_OPTIONS:
+            known = ", ".join(SETTING_OPTIONS)
+            raise LayoutError(f"{source}: unknown setting {key!r} (known: {known})")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise LayoutError(f"{source}: setting {key} must be a positive integer")
+    name = data.get("name") or Path(source).stem
+    return Layout(name=str(name), nodes=tuple(specs), settings=dict(settings))
+
+
+def load_layout(path: str | Path) -> Layout:
+    """Read a definition file; errors become one-line LayoutErrors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LayoutError(f"cannot read cluster definition {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LayoutError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    return layout_from_json(data, str(path))

@@ -1,0 +1,384 @@
+"""Unit tests of the sans-I/O client core: no sockets, no sleeps, a virtual clock."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import grpc
+import pytest
+
+from kvstore.client import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.client._core import (
+    Attempt,
+    Backoff,
+    Call,
+    ClientCore,
+    RetryPolicy,
+    RpcFailure,
+    failure_from_rpc_error,
+    parse_endpoint,
+    parse_endpoints,
+)
+from kvstore.v1 import kv_pb2
+
+A, B, C = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"
+SC = grpc.StatusCode
+
+
+def core(endpoints: list[str] | None = None, **kw: Any) -> ClientCore:
+    kw.setdefault("rng", random.Random(1))
+    kw.setdefault("client_id", b"c" * 16)
+    return ClientCore(endpoints or [A, B, C], **kw)
+
+
+def not_leader(leader_id: str = "", address: str = "") -> RpcFailure:
+    return RpcFailure(SC.FAILED_PRECONDITION, "not leader", leader_id, address)
+
+
+UNAVAILABLE = RpcFailure(SC.UNAVAILABLE, "no quorum")
+REFUSED = RpcFailure(SC.UNAVAILABLE, "failed to connect to all addresses; Connection refused")
+
+
+def attempt(call: Call[Any], now: float = 0.0) -> Attempt:
+    step = call.next_step(now)
+    assert isinstance(step, Attempt), step
+    return step
+
+
+def backoff(call: Call[Any], now: float = 0.0) -> Backoff:
+    step = call.next_step(now)
+    assert isinstance(step, Backoff), step
+    return step
+
+
+def put_response() -> kv_pb2.PutResponse:
+    return kv_pb2.PutResponse(header=kv_pb2.ResponseHeader(node_id="n2", applied_index=7))
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_first_attempt_goes_to_first_endpoint_then_follows_leader_hint_at_once() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    assert attempt(call).endpoint == A
+    assert call.on_failure(A, not_leader("n2", B), 0.0) is None
+    step = attempt(call)  # no backoff before following a fresh hint
+    assert step.endpoint == B
+    call.on_success(B, put_response())
+    # The next call starts at the leader it learned.
+    assert attempt(c.start(c.put("k", "v"), now=1.0), 1.0).endpoint == B
+
+
+def test_hint_to_an_address_not_configured_is_followed_and_remembered() -> None:
+    d = "127.0.0.1:7009"
+    c = core([A])
+    call = c.start(c.get("k"), now=0.0)
+    attempt(call)
+    call.on_failure(A, not_leader("n9", d), 0.0)
+    assert attempt(call).endpoint == d
+    assert c.router.endpoints == (A, d)
+    assert c.endpoints == (A,)  # status still asks only the configured endpoints
+
+
+def test_unavailable_rotates_through_endpoints_with_backoff() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    seen = []
+    for _ in range(4):
+        step = attempt(call)
+        seen.append(step.endpoint)
+        assert call.on_failure(step.endpoint, UNAVAILABLE, 0.0) is None
+        backoff(call)
+    assert seen == [A, B, C, A]
+
+
+def test_not_leader_without_hint_rotates_with_backoff() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    call.on_failure(A, not_leader(), 0.0)
+    backoff(call)
+    assert attempt(call).endpoint == B
+
+
+def test_bouncing_hints_fall_back_to_backoff() -> None:
+    c = core([A, B])
+    call = c.start(c.put("k", "v"), now=0.0)
+    immediate = 0
+    for _ in range(6):
+        step = call.next_step(0.0)
+        if isinstance(step, Backoff):
+            break
+        immediate += 1
+        other = B if step.endpoint == A else A
+        call.on_failure(step.endpoint, not_leader("x", other), 0.0)
+    else:
+        pytest.fail("hints that bounce between two nodes must eventually back off")
+    assert immediate <= 3
+
+
+def test_unavailable_on_the_leader_forgets_it() -> None:
+    c = core()
+    c.router.learn_leader(B)
+    call = c.start(c.put("k", "v"), now=0.0)
+    assert attempt(call).endpoint == B
+    call.on_failure(B, UNAVAILABLE, 0.0)
+    assert c.router.leader is None
+    backoff(call)
+    assert attempt(call).endpoint == C
+
+
+# --------------------------------------------------------------------------- backoff and deadline
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_backoff_is_jittered_exponential_and_capped(seed: int) -> None:
+    policy = RetryPolicy(timeout=10, backoff_initial=0.01, backoff_max=0.2)
+    rng = random.Random(seed)
+    for n in range(40):
+        ceiling = min(0.2, 0.01 * 2**n)
+        delay = policy.backoff(n, rng)
+        assert ceiling / 2 <= delay <= ceiling <= 0.2
+
+
+def test_retry_loop_backoff_delays_stay_within_bounds() -> None:
+    c = core(timeout=1000.0)
+    call = c.start(c.put("k", "v"), now=0.0)
+    delays = []
+    for _ in range(30):
+        step = attempt(call)
+        call.on_failure(step.endpoint, UNAVAILABLE, 0.0)
+        delays.append(backoff(call).seconds)
+    assert 0.005 <= delays[0] <= 0.01
+    assert all(0.005 <= d <= 0.2 for d in delays)
+    assert max(delays[10:]) > 0.1  # it does grow towards the cap
+
+
+def test_deadline_ends_the_call_with_unavailable_naming_what_was_tried() -> None:
+    c = core(timeout=2.0, attempt_timeout=0.5)
+    now = 100.0
+    call = c.start(c.put("k", "v"), now=now)
+    with pytest.raises(Unavailable) as info:
+        while True:
+            step = call.next_step(now)
+            if isinstance(step, Backoff):
+                now += step.seconds
+                continue
+            assert step.timeout <= min(0.5, call.deadline - now) + 1e-9
+            now += 0.05  # each refused attempt takes a little while
+            call.on_failure(step.endpoint, UNAVAILABLE, now)
+    assert now <= call.deadline
+    message = str(info.value)
+    assert A in message and B in message and C in message
+    assert "no quorum" in message
+    assert info.value.maybe_applied  # an UNAVAILABLE write may have been applied
+    assert c.write_ids.pending == frozenset()
+
+
+def test_attempt_timeout_never_exceeds_remaining_time() -> None:
+    c = core(timeout=3.0, attempt_timeout=5.0)
+    call = c.start(c.get("k"), now=10.0)
+    assert attempt(call, 10.0).timeout == pytest.approx(3.0)
+    call.on_failure(A, RpcFailure(SC.DEADLINE_EXCEEDED, "slow"), 12.9)
+    with pytest.raises(Timeout):
+        for _ in range(3):
+            step = call.next_step(12.999)
+            assert not isinstance(step, Attempt) or step.timeout <= 0.001 + 1e-9
+
+
+def test_last_error_decides_timeout_or_unavailable() -> None:
+    c = core(timeout=1.0)
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    call.on_failure(A, RpcFailure(SC.DEADLINE_EXCEEDED, "deadline"), 1.0)
+    with pytest.raises(Timeout) as info:
+        call.next_step(1.0)
+    assert info.value.maybe_applied
+
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    call.on_failure(A, not_leader(), 0.0)
+    with pytest.raises(Timeout) as t:
+        call.next_step(1.0)
+    assert not t.value.maybe_applied  # only NotLeader answers: certainly not applied
+    assert "no leader" in str(t.value)
+
+
+def test_refused_connection_means_not_applied() -> None:
+    c = core([A], timeout=1.0)
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    call.on_failure(A, REFUSED, 0.0)
+    with pytest.raises(Unavailable) as info:
+        call.next_step(1.0)
+    assert not info.value.maybe_applied
+
+
+def test_nonpositive_timeout_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        core(timeout=0)
+    c = core()
+    with pytest.raises(ValueError):
+        c.start(c.get("k", timeout=-1.0), now=0.0)
+
+
+# --------------------------------------------------------------------------- write ids
+
+
+def test_every_retry_carries_the_same_write_id() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    sent = []
+    for failure in (not_leader("n2", B), UNAVAILABLE, not_leader("n3", C)):
+        step = call.next_step(0.0)
+        if isinstance(step, Backoff):
+            step = attempt(call)
+        sent.append(kv_pb2.PutRequest.FromString(call.request.SerializeToString()).write_id)
+        call.on_failure(step.endpoint, failure, 0.0)
+    assert len({w.SerializeToString() for w in sent}) == 1
+    assert sent[0].client_id == b"c" * 16 and sent[0].seq == 1
+    assert call.request.key == b"k" and call.request.value == b"v"
+
+
+def test_seq_increments_per_write_and_reads_take_none() -> None:
+    c = core()
+    seqs = []
+    for op in (c.put("a", "1"), c.get("a"), c.delete("a"), c.cas("a", None, "2")):
+        call = c.start(op, now=0.0)
+        seqs.append(call.write_id.seq if call.write_id else None)
+        call.close()
+    assert seqs == [1, None, 2, 3]
+
+
+def test_lowest_pending_seq_tracks_the_oldest_write_in_flight() -> None:
+    c = core()
+    first = c.start(c.put("a", "1"), now=0.0)
+    second = c.start(c.put("b", "2"), now=0.0)
+    assert (first.write_id.seq, first.write_id.lowest_pending_seq) == (1, 1)
+    assert (second.write_id.seq, second.write_id.lowest_pending_seq) == (2, 1)
+    attempt(first)
+    first.on_success(A, put_response())
+    third = c.start(c.put("c", "3"), now=0.0)
+    assert (third.write_id.seq, third.write_id.lowest_pending_seq) == (3, 2)
+    second.close()
+    third.close()
+    assert c.write_ids.pending == frozenset()
+    assert c.write_ids.lowest_pending_seq == 4  # nothing in flight: the next seq
+
+
+def test_failed_calls_release_their_seq() -> None:
+    c = core()
+    call = c.start(c.put("", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.INVALID_ARGUMENT, "key must be 1..4096 bytes"), 0.0)
+    assert isinstance(error, InvalidArgument)
+    assert c.write_ids.pending == frozenset()
+
+
+# --------------------------------------------------------------------------- status mapping
+
+
+def test_invalid_argument_is_never_retried() -> None:
+    c = core()
+    call = c.start(c.put("", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.INVALID_ARGUMENT, "empty key"), 0.0)
+    assert isinstance(error, InvalidArgument) and not error.maybe_applied
+    assert "empty key" in str(error)
+
+
+def test_message_too_large_maps_to_invalid_argument() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.RESOURCE_EXHAUSTED, "larger than max"), 0.0)
+    assert isinstance(error, InvalidArgument)
+
+
+def test_unexpected_status_is_a_plain_kverror_and_not_retried() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.INTERNAL, "boom"), 0.0)
+    assert type(error) is KVError and error.maybe_applied
+    call = c.start(c.get("k"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.UNIMPLEMENTED, ""), 0.0)
+    assert type(error) is KVError and not error.maybe_applied
+
+
+def test_stale_get_is_pinned_to_the_first_endpoint() -> None:
+    c = core()
+    c.router.learn_leader(C)
+    call = c.start(c.get("k", stale=True), now=0.0)
+    assert call.request.stale
+    assert attempt(call).endpoint == A
+    call.on_failure(A, UNAVAILABLE, 0.0)
+    backoff(call)
+    assert attempt(call).endpoint == A
+    error = call.on_failure(A, not_leader("n3", C), 0.0)
+    assert isinstance(error, NotLeader)
+    assert (error.leader_id, error.leader_address) == ("n3", C)
+
+
+def test_stale_success_does_not_make_the_node_leader() -> None:
+    c = core()
+    call = c.start(c.get("k", stale=True), now=0.0)
+    attempt(call)
+    resp = kv_pb2.GetResponse(
+        header=kv_pb2.ResponseHeader(node_id="n1", applied_index=3), found=True, value=b"v"
+    )
+    result = call.on_success(A, resp)
+    assert (result.value, result.found, result.node, result.applied_index) == (b"v", True, "n1", 3)
+    assert c.router.leader is None
+
+
+def test_cas_request_encodes_expect_absent() -> None:
+    c = core()
+    absent = c.start(c.cas("k", None, "new"), now=0.0).request
+    present = c.start(c.cas("k", "old", "new"), now=0.0).request
+    assert absent.expect_absent and absent.expected == b""
+    assert not present.expect_absent and present.expected == b"old"
+
+
+def test_failure_from_rpc_error_reads_code_details_and_leader_metadata() -> None:
+    class FakeError:
+        def code(self) -> grpc.StatusCode:
+            return SC.FAILED_PRECONDITION
+
+        def details(self) -> str:
+            return "not the\nleader"
+
+        def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+            return (("kvstore-leader-id", "n2"), ("kvstore-leader-address", B.encode()))
+
+    failure = failure_from_rpc_error(FakeError())
+    assert failure == RpcFailure(SC.FAILED_PRECONDITION, "not the leader", "n2", B)
+    assert failure_from_rpc_error(object()).code is SC.UNKNOWN
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    "text", ["", "host", ":7001", "host:", "host:0", "host:70000", "host:x", "::1:7001", "a b:1"]
+)
+def test_bad_endpoints_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_endpoint(text)
+
+
+def test_endpoint_lists_are_parsed_in_order_without_duplicates() -> None:
+    assert parse_endpoints(f"{A}, {B},{A}") == [A, B]
+    assert parse_endpoints(["[::1]:7001"]) == ["[::1]:7001"]
+    with pytest.raises(ValueError):
+        parse_endpoints([])
+
+
+def test_keys_must_be_bytes_or_str() -> None:
+    c = core()
+    assert c.start(c.put("ключ", b"v"), now=0.0).request.key == "ключ".encode()
+    with pytest.raises(TypeError):
+        c.put(123, "v")  # type: ignore[arg-type]

@@ -1,0 +1,330 @@
+"""Both clients against in-process fake KV servers (grpc.aio on 127.0.0.1, port 0).
+
+The fakes run on their own event loop in a background thread, so the blocking
+KVClient (driven through asyncio.to_thread) and the AsyncKVClient see exactly the
+same servers. Every test runs once per client kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from kvstore.client import (
+    AsyncKVClient,
+    InvalidArgument,
+    KVClient,
+    NotLeader,
+    Timeout,
+    Unavailable,
+)
+from kvstore.v1 import kv_pb2, kv_pb2_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class FakeNode(kv_pb2_grpc.KVServicer):
+    """A scriptable KV node.
+
+    ``redirect_to`` set: answers every linearizable request with FAILED_PRECONDITION
+    and the leader hint (stale gets are served locally). ``fail_next`` > 0: the
+    next that many requests fail with UNAVAILABLE. ``hang``: never answers.
+    """
+
+    name: str
+    address: str = ""
+    redirect_to: tuple[str, str] | None = None
+    fail_next: int = 0
+    hang: bool = False
+    refuse_stale: bool = False  # unlike the real server, redirect stale gets too
+    data: dict[bytes, bytes] = field(default_factory=dict)
+    requests: list[tuple[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def calls(self, method: str) -> list[Any]:
+        with self.lock:
+            return [r for m, r in self.requests if m == method]
+
+    async def _enter(self, method: str, request: Any, context: Any, linearizable: bool) -> None:
+        with self.lock:
+            self.requests.append((method, request))
+            fail = self.fail_next > 0
+            if fail:
+                self.fail_next -= 1
+        if self.hang:
+            await asyncio.Event().wait()
+        if fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "fake: no quorum")
+        if self.redirect_to is not None and (linearizable or self.refuse_stale):
+            leader_id, leader_address = self.redirect_to
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"fake: not leader; try {leader_id}",
+                trailing_metadata=(
+                    ("kvstore-leader-id", leader_id),
+                    ("kvstore-leader-address", leader_address),
+                ),
+            )
+        key = getattr(request, "key", b"x")
+        if not key or len(key) > 4096:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fake: key must be 1..4096 bytes")
+
+    def _header(self) -> kv_pb2.ResponseHeader:
+        return kv_pb2.ResponseHeader(node_id=self.name, applied_index=len(self.requests))
+
+    async def Put(self, request: Any, context: Any) -> kv_pb2.PutResponse:  # noqa: N802
+        await self._enter("Put", request, context, True)
+        self.data[request.key] = request.value
+        return kv_pb2.PutResponse(header=self._header())
+
+    async def Get(self, request: Any, context: Any) -> kv_pb2.GetResponse:  # noqa: N802
+        await self._enter("Get", request, context, not request.stale)
+        value = self.data.get(request.key)
+        return kv_pb2.GetResponse(
+            header=self._header(), found=value is not None, value=value or b""
+        )
+
+    async def Delete(self, request: Any, context: Any) -> kv_pb2.DeleteResponse:  # noqa: N802
+        await self._enter("Delete", request, context, True)
+        existed = self.data.pop(request.key, None) is not None
+        return kv_pb2.DeleteResponse(header=self._header(), existed=existed)
+
+    async def CompareAndSwap(self, request: Any, context: Any) -> kv_pb2.CompareAndSwapResponse:  # noqa: N802
+        await self._enter("CompareAndSwap", request, context, True)
+        current = self.data.get(request.key)
+        ok = current is None if request.expect_absent else current == request.expected
+        if ok:
+            self.data[request.key] = request.value
+        return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=ok)
+
+    async def Status(self, request: Any, context: Any) -> kv_pb2.StatusResponse:  # noqa: N802
+        await self._enter("Status", request, context, False)
+        leader = self.redirect_to[0] if self.redirect_to else self.name
+        role = "follower" if self.redirect_to else "leader"
+        return kv_pb2.StatusResponse(
+            id=self.name, address=self.address, role=role, leader_id=leader
+        )
+
+
+class FakeCluster:
+    """Fake nodes served by grpc.aio on a private event loop thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.servers: list[grpc.aio.Server] = []
+
+    def __enter__(self) -> FakeCluster:
+        self.thread.start()
+        return self
+
+    def add(self, node: FakeNode) -> FakeNode:
+        async def start() -> None:
+            server = grpc.aio.server()
+            kv_pb2_grpc.add_KVServicer_to_server(node, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            node.address = f"127.0.0.1:{port}"
+            self.servers.append(server)
+
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=10)
+        return node
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            for server in self.servers:
+                await server.stop(grace=None)
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[FakeNode, FakeNode]]:
+    """(follower, leader): the follower points every linearizable request at the leader."""
+    with FakeCluster() as cluster:
+        leader = cluster.add(FakeNode("n2"))
+        follower = cluster.add(FakeNode("n1", redirect_to=("n2", leader.address)))
+        yield follower, leader
+
+
+def closed_port() -> str:
+    """An address on 127.0.0.1 with nothing listening (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+class Client:
+    """Drive KVClient (in a worker thread) or AsyncKVClient through one async interface."""
+
+    def __init__(self, kind: str, endpoints: list[str], **kw: Any) -> None:
+        self.kind = kind
+        self.impl: Any = (KVClient if kind == "sync" else AsyncKVClient)(endpoints, **kw)
+
+    async def call(self, method: str, *args: Any, **kw: Any) -> Any:
+        fn = getattr(self.impl, method)
+        if self.kind == "sync":
+            return await asyncio.to_thread(fn, *args, **kw)
+        return await fn(*args, **kw)
+
+    async def close(self) -> None:
+        if self.kind == "sync":
+            self.impl.close()
+        else:
+            await self.impl.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+async def make_client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    made: list[Client] = []
+
+    def make(endpoints: list[str], **kw: Any) -> Client:
+        kw.setdefault("timeout", 5.0)
+        client = Client(request.param, endpoints, **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+def write_ids(requests: list[Any]) -> set[tuple[bytes, int, int]]:
+    return {(r.write_id.client_id, r.write_id.seq, r.write_id.lowest_pending_seq) for r in requests}
+
+
+async def test_follows_leader_hint_and_retries_with_the_same_write_id(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    follower, leader = fakes
+    leader.fail_next = 1  # the first request to reach the leader fails with UNAVAILABLE
+    client = make_client([follower.address])
+    await client.call("put", "k", "v")
+    puts = follower.calls("Put") + leader.calls("Put")
+    assert len(follower.calls("Put")) >= 1 and len(leader.calls("Put")) == 2
+    assert write_ids(puts) == {(client.impl.client_id, 1, 1)}
+    assert leader.data == {b"k": b"v"}
+    # Later calls go straight to the leader it learned.
+    before = len(follower.requests)
+    assert await client.call("get", "k") == b"v"
+    assert len(follower.requests) == before
+
+
+async def test_write_ids_advance_and_lowest_pending_follows(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    _, leader = fakes
+    client = make_client([leader.address])
+    await client.call("put", "a", "1")
+    assert await client.call("delete", "a") is True
+    assert await client.call("delete", "a") is False
+    assert await client.call("cas", "a", None, "2") is True
+    assert await client.call("cas", "a", "wrong", "3") is False
+    ids = [r.write_id for _, r in leader.requests if hasattr(r, "write_id")]
+    assert [(w.seq, w.lowest_pending_seq) for w in ids] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+async def test_invalid_argument_is_raised_without_retry(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    _, leader = fakes
+    client = make_client([leader.address])
+    with pytest.raises(InvalidArgument) as info:
+        await client.call("put", "", "v")
+    assert not info.value.maybe_applied
+    assert len(leader.calls("Put")) == 1
+    await client.call("put", "ok", "v")  # the client keeps working
+
+
+async def test_unreachable_endpoint_fails_within_the_deadline(make_client: Any) -> None:
+    client = make_client([closed_port()], timeout=0.6)
+    started = time.monotonic()
+    with pytest.raises((Unavailable, Timeout)) as info:
+        await client.call("put", "k", "v")
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.6 + 2.5, elapsed  # generous: the machine may be busy
+    assert "127.0.0.1" in str(info.value)
+    assert not info.value.maybe_applied  # nothing was ever connected to
+
+
+async def test_hanging_server_times_out_within_the_deadline(make_client: Any) -> None:
+    with FakeCluster() as cluster:
+        node = cluster.add(FakeNode("n1", hang=True))
+        client = make_client([node.address], timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(Timeout) as info:
+            await client.call("get", "k")
+        assert time.monotonic() - started < 0.5 + 2.5
+        assert node.address in str(info.value)
+        await client.close()
+
+
+async def test_stale_get_is_served_by_the_first_endpoint(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    follower, leader = fakes
+    follower.data[b"k"] = b"old"
+    client = make_client([follower.address, leader.address])
+    result = await client.call("get_result", "k", stale=True)
+    assert (result.value, result.node) == (b"old", "n1")
+    assert leader.calls("Get") == []
+    assert await client.call("get", "missing", stale=True) is None
+
+
+async def test_stale_get_on_a_node_that_refuses_raises_not_leader(make_client: Any) -> None:
+    with FakeCluster() as cluster:
+        node = cluster.add(FakeNode("n1", redirect_to=("n2", "127.0.0.1:1"), refuse_stale=True))
+        client = make_client([node.address])
+        with pytest.raises(NotLeader) as info:
+            await client.call("get", "k", stale=True)
+        assert (info.value.leader_id, info.value.leader_address) == ("n2", "127.0.0.1:1")
+        assert len(node.calls("Get")) == 1  # pinned: the hint is reported, not followed
+        await client.close()
+
+
+async def test_status_lists_every_endpoint_and_marks_unreachable_ones(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    follower, leader = fakes
+    dead = closed_port()
+    client = make_client([follower.address, leader.address, dead], timeout=2.0)
+    nodes = await client.call("status")
+    assert [(n.id, n.role, n.reachable) for n in nodes] == [
+        ("n1", "follower", True),
+        ("n2", "leader", True),
+        (None, "down", False),
+    ]
+    assert nodes[2].address == dead
+    assert set(nodes[0].to_json()) == {
+        "id",
+        "address",
+        "role",
+        "term",
+        "commit_index",
+        "applied_index",
+        "leader_id",
+        "reachable",
+    }
+
+
+def test_sync_client_context_manager_closes_channels(fakes: tuple[FakeNode, FakeNode]) -> None:
+    _, leader = fakes
+    with KVClient([leader.address], timeout=5.0) as client:
+        client.put(b"k", b"v")
+        assert client.get(b"k") == b"v"
+    with pytest.raises(RuntimeError):
+        client.get("k")
