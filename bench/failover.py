@@ -1,15 +1,17 @@
 """Leader failover time: `python -m bench.failover [--trials 10] [--nodes 3]`.
 
-Each trial: write a marker key, kill -9 the leader (`kvstore cluster stop --kill`), and
-time until the next put succeeds through a client that knows every endpoint. Then check
-that every acknowledged marker is still readable, restart the killed node, and wait for it
-to catch up before the next trial.
+Each trial: write a marker key, kill -9 the leader (its pid from cluster.json), and time
+from the kill until the next put succeeds through a client that knows every endpoint. Then
+check that every acknowledged marker is still readable, restart the killed node, and wait
+for it to catch up before the next trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import time
 
 from bench.localcluster import local_cluster
@@ -41,13 +43,16 @@ def main() -> None:
             key = f"marker-{trial}"
             client.put(key, f"v{trial}")
             acked[key] = f"v{trial}"
-            cluster.stop(leader, kill=True)
+            # Kill by pid from cluster.json so the clock starts at the kill itself, not
+            # after the CLI's own start-up; then let the CLI record the node as stopped.
+            os.kill(cluster.pid(leader), signal.SIGKILL)
             t0 = time.perf_counter()
             client.put(f"after-{trial}", "x")
             times.append(time.perf_counter() - t0)
             lost = [k for k, v in acked.items() if client.get(k) != v.encode()]
             if lost:
                 raise SystemExit(f"acknowledged writes lost after failover: {lost}")
+            cluster.stop(leader, kill=True)
             cluster.start(leader)
             endpoint = cluster.endpoints[int(leader[1:]) - 1]
             with KVClient([endpoint], timeout=5.0) as c:

@@ -56,6 +56,10 @@ class LocalCluster:
                 return n["id"]
         return None
 
+    def pid(self, node_id: str) -> int:
+        nodes = json.loads((self.directory / "cluster.json").read_text())["nodes"]
+        return next(int(n["pid"]) for n in nodes if n["id"] == node_id)
+
     def stop(self, node_id: str, kill: bool = False) -> None:
         args = ["cluster", "stop", node_id, "--dir", str(self.directory)]
         run_cli(*args, *(["--kill"] if kill else []))

@@ -27,6 +27,7 @@ GRPC_OPTIONS = [
 ]
 
 _QUEUE_LIMIT = 256  # batches waiting per peer before new ones are dropped
+_CONNECT_TIMEOUT = 0.5  # seconds to wait for a connection before dropping the queue
 
 
 class PeerSender:
@@ -70,11 +71,17 @@ class PeerSender:
         while True:
             channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS)
             try:
+                # Open the stream only on a connected channel: a stream started while the
+                # connection is still being set up swallows the first batch it takes.
+                await asyncio.wait_for(channel.channel_ready(), timeout=_CONNECT_TIMEOUT)
+                backoff = 0.05
                 stub = raft_pb2_grpc.RaftPeerStub(channel)
-                await stub.Stream(self._batches())
+                await stub.Stream(self._batches(), wait_for_ready=True)
             except asyncio.CancelledError:
                 await channel.close()
                 raise
+            except TimeoutError:
+                log.debug("peer %s at %s not reachable", self.peer_id, self.address)
             except grpc.aio.AioRpcError as err:
                 log.debug("stream to %s ended: %s", self.peer_id, err.code())
             finally:
