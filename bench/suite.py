@@ -1,0 +1,234 @@
+"""The benchmark suite: which workloads run on which system, and the result document.
+
+Order per system: sequential latency from one blocking client (put, linearizable get,
+stale get spread over the followers), sequential put latency per value size, then the
+multi-process load (puts at each concurrency level, linearizable and stale reads at the
+read levels). The main kvstore cluster (3 nodes), etcd (same size) and the floor server
+get every workload; other kvstore sizes (5 nodes) get the sequential latency only, which
+is what the 5-vs-3 target needs. Every system is started fresh, measured and stopped
+before the next one starts, so two never compete for the CPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.drivers import SyncDriver, TargetSpec, sync_driver
+from bench.load import READ_KEYSPACE, LoadPool
+from bench.progress import Progress, note
+from bench.stats import latency_entry, summary_ms
+from bench.sysinfo import fsync_latency, machine_facts
+
+SCHEMA = "kvstore-bench/2"
+PHASES: tuple[str, ...] = ("latency", "sizes", "throughput", "reads")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything that decides what a run measures; saved in the result as `config`."""
+
+    mode: str = "full"
+    nodes: tuple[int, ...] = (3, 5)  # kvstore cluster sizes; the first is the main one
+    etcd: bool = False
+    etcd_bin: str | None = None
+    floor: bool = True
+    phases: tuple[str, ...] = PHASES
+    value_size: int = 16
+    seq_puts: int = 5000
+    seq_reads: int = 2000
+    value_sizes: tuple[int, ...] = (16, 256, 4096, 65536)
+    size_puts: int = 500
+    levels: tuple[int, ...] = (1, 16, 64, 256)
+    read_levels: tuple[int, ...] = (64,)
+    processes: int = 2
+    warmup: float = 1.0
+    duration: float = 5.0
+    out: str = "bench/results"
+    data_dir: str | None = None
+    plots: bool = True
+
+
+FULL = SuiteConfig()
+# About a minute on 2 cores: the main cluster and the floor, fewer samples, short windows.
+QUICK = replace(FULL, mode="quick", nodes=(3,), seq_puts=1000, seq_reads=300, size_puts=100,
+                warmup=0.5, duration=1.5)
+
+
+def _timed(label: str, n: int, fn: Callable[[int], object]) -> list[float]:
+    """Run fn(0..n-1) back to back; the latency of each call in seconds."""
+    progress = Progress(label, n)
+    out: list[float] = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+        progress.update(i + 1)
+    s = summary_ms(out)
+    progress.finish(f"p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms")
+    return out
+
+
+def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[str, Any]:
+    """Latency of one client doing one operation at a time (the commit-latency view)."""
+    out: dict[str, Any] = {}
+    driver: SyncDriver = sync_driver(spec)
+    value = b"v" * cfg.value_size
+    try:
+        for i in range(50):  # channels, leader discovery, first allocations
+            driver.put(b"warm-%d" % i, value)
+        if "latency" in cfg.phases:
+            put = _timed(f"{spec.name} put", cfg.seq_puts,
+                         lambda i: driver.put(b"seq-%d" % (i % READ_KEYSPACE), value))
+            out["latency"] = {"put": latency_entry(put)}
+        needs_keys = "latency" in cfg.phases or (everything and "reads" in cfg.phases)
+        first_missing = min(cfg.seq_puts, READ_KEYSPACE) if "latency" in cfg.phases else 0
+        if needs_keys and first_missing < READ_KEYSPACE:
+            for i in range(first_missing, READ_KEYSPACE):  # reads must find their keys
+                driver.put(b"seq-%d" % i, value)
+        if "latency" in cfg.phases:
+            lin = _timed(f"{spec.name} linearizable get", cfg.seq_reads,
+                         lambda i: driver.get(b"seq-%d" % (i % READ_KEYSPACE)))
+            stale = _timed(f"{spec.name} stale get ({len(spec.followers)} followers)",
+                           cfg.seq_reads,
+                           lambda i: driver.stale_get(b"seq-%d" % (i % READ_KEYSPACE), i))
+            out["latency"]["linearizable_get"] = latency_entry(lin)
+            out["latency"]["stale_get"] = latency_entry(stale)
+        if everything and "sizes" in cfg.phases:
+            out["value_sizes"] = {}
+            for size in cfg.value_sizes:
+                big = b"s" * size
+                samples = _timed(f"{spec.name} put {size} B", cfg.size_puts,
+                                 lambda i, big=big, size=size:
+                                 driver.put(b"size-%d-%d" % (size, i % 100), big))
+                out["value_sizes"][str(size)] = latency_entry(samples)
+    finally:
+        driver.close()
+    return out
+
+
+def _loaded(spec: TargetSpec, cfg: SuiteConfig, out: dict[str, list[dict[str, Any]]]) -> None:
+    """Throughput and latency under load from several client processes, into `out`."""
+    plan = []
+    if "throughput" in cfg.phases:
+        plan += [("put", level) for level in cfg.levels]
+    if "reads" in cfg.phases:
+        plan += [(op, level) for level in cfg.read_levels
+                 for op in ("linearizable_get", "stale_get")]
+    if not plan:
+        return
+    note(f"{spec.name}: starting {cfg.processes} client processes")
+    with LoadPool(spec, cfg.processes) as pool:
+        for n, (op, level) in enumerate(plan, 1):
+            note(f"{spec.name} {op}, {level} in flight ({n}/{len(plan)}, "
+                 f"{cfg.warmup + cfg.duration:.1f} s)")
+            entry = pool.run(op, level, cfg.value_size, cfg.warmup, cfg.duration)
+            out.setdefault(op, []).append(entry)
+            note(f"  {entry['ops_per_s']:.0f} ops/s, p50 {entry['latency_ms']['p50']:.2f} ms, "
+                 f"p99 {entry['latency_ms']['p99']:.2f} ms, client CPU "
+                 f"{_cores(entry['client_cpu_cores'])}, servers {_cores(entry['server_cpu_cores'])}"
+                 + (f", {entry['errors']} errors ({entry['first_error']})"
+                    if entry["errors"] else ""))
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} cores"
+
+
+def measure(spec: TargetSpec, cfg: SuiteConfig, everything: bool,
+            entry: dict[str, Any]) -> None:
+    """All workloads for one running system into `entry`, filled as they complete so that
+    a failure keeps what was measured before it; `everything` False means latency only."""
+    entry.update({"kind": spec.kind, "nodes": spec.nodes, "leader": spec.leader,
+                  "endpoints": list(spec.endpoints), "info": spec.info})
+    entry.update(_sequential(spec, cfg, everything))
+    if everything:
+        entry["throughput"] = {}
+        _loaded(spec, cfg, entry["throughput"])
+
+
+@contextlib.contextmanager
+def _data_root(cfg: SuiteConfig) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="kvstore-bench-", dir=cfg.data_dir))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None, pb_dir: str | None
+             ) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]],
+                             bool]]:
+    """(name, start, everything) per system, in run order: the main kvstore cluster and etcd
+    back to back (similar background load), then the floor, then other cluster sizes."""
+    from bench.targets import floor_server, kvstore_cluster, local_etcd
+
+    main, *others = cfg.nodes
+    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]], bool]]
+    plan = [(f"kvstore-{main}", lambda: kvstore_cluster(main, root), True)]
+    if etcd_bin is not None and pb_dir is not None:
+        plan.append((f"etcd-{main}", lambda: local_etcd(main, root, etcd_bin, pb_dir), True))
+    if cfg.floor:
+        plan.append(("floor", lambda: floor_server(root), True))
+    for n in others:
+        plan.append((f"kvstore-{n}", lambda n=n: kvstore_cluster(n, root), False))
+    return plan
+
+
+def new_result(cfg: SuiteConfig, machine: dict[str, Any], started: float,
+               argv: list[str]) -> dict[str, Any]:
+    """The result document before any system is measured (targets are added as they run,
+    `checks` by bench/report.py, `elapsed_s` at the end); see report.validate_result."""
+    return {
+        "schema": SCHEMA,
+        "mode": cfg.mode,
+        "command": " ".join(["python", "-m", "bench", *argv]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "config": asdict(cfg),
+        "machine": machine,
+        "targets": {},
+    }
+
+
+def run_suite(cfg: SuiteConfig, results_dir: Path) -> dict[str, Any]:
+    """Run every system of the plan; a system that fails is recorded and the run goes on."""
+    from bench.etcdcluster import find_etcd
+    from bench.etcdproto import compile_etcd_proto
+
+    started = time.time()
+    etcd_bin = find_etcd(cfg.etcd_bin) if cfg.etcd else None  # fail before starting anything
+    with _data_root(cfg) as root:
+        pb_dir = str(compile_etcd_proto(root / "etcdpb")) if etcd_bin else None
+        note("recording machine facts (fsync probe)")
+        result = new_result(cfg, machine_facts(results_dir, root, etcd_bin), started,
+                            sys.argv[1:])
+        for name, start, everything in _systems(cfg, root, etcd_bin, pb_dir):
+            note(f"{name}: starting")
+            t0 = time.monotonic()
+            entry: dict[str, Any] = {}
+            result["targets"][name] = entry
+            try:
+                with start() as spec:
+                    note(f"{name}: up, leader {spec.leader}")
+                    measure(spec, cfg, everything, entry)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                # The partial figures stay in the JSON for forensics; the report ignores
+                # a system with an error rather than compare half a run.
+                note(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            note(f"{name}: stopped ({time.monotonic() - t0:.0f} s)")
+        # Neighbours' load changes during a run on a shared machine; record it at the end too.
+        result["machine"]["fsync_ms_at_end"] = fsync_latency(root)
+        result["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    result["elapsed_s"] = round(time.time() - started, 1)
+    return result
