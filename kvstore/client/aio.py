@@ -31,6 +31,7 @@ from kvstore.client._core import (
     Operation,
     failure_from_rpc_error,
 )
+from kvstore.client.batching import BatchFailure, EndpointBatcher, batchable
 from kvstore.v1 import kv_pb2_grpc
 
 R = TypeVar("R")
@@ -41,6 +42,10 @@ class AsyncKVClient:
 
     Use from one event loop. ``await client.close()`` (or ``async with``) when done.
     Cancelling a call ends it; a cancelled write's outcome is unknown.
+
+    With ``coalesce=True`` (the default) calls to the same node that overlap in time
+    travel together in one Batch RPC (see :mod:`kvstore.client.batching`); each keeps
+    its own result, deadline and retries.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class AsyncKVClient:
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
         client_id: bytes | None = None,
+        coalesce: bool = True,
     ) -> None:
         self._core = ClientCore(
             endpoints,
@@ -65,6 +71,7 @@ class AsyncKVClient:
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
+        self._batchers: dict[str, EndpointBatcher] | None = {} if coalesce else None
         self._closed = False
 
     # -- public API
@@ -126,6 +133,8 @@ class AsyncKVClient:
         """Close every channel. The client cannot be used afterwards."""
         self._closed = True
         channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        if self._batchers is not None:
+            self._batchers = {}
         for channel in channels:
             await channel.close()
 
@@ -152,6 +161,16 @@ class AsyncKVClient:
             stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
         return stub
 
+    async def _send(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        stub = self._stub(endpoint)
+        if self._batchers is not None and batchable(method):
+            batcher = self._batchers.get(endpoint)
+            if batcher is None:
+                batcher = self._batchers[endpoint] = EndpointBatcher(stub)
+            return await batcher.call(method, request, timeout)
+        rpc: Any = getattr(stub, method)
+        return await rpc(request, timeout=timeout)
+
     async def _run(self, op: Operation[R]) -> R:
         call = self._core.start(op, time.monotonic())
         try:
@@ -160,11 +179,13 @@ class AsyncKVClient:
                 if isinstance(step, Backoff):
                     await asyncio.sleep(step.seconds)
                     continue
-                rpc: Any = getattr(self._stub(step.endpoint), call.method)
                 try:
-                    response = await rpc(call.request, timeout=step.timeout)
+                    response = await self._send(step.endpoint, call.method, call.request,
+                                                step.timeout)
                 except grpc.RpcError as exc:
                     failure = failure_from_rpc_error(exc)
+                except BatchFailure as exc:
+                    failure = exc.failure
                 else:
                     return call.on_success(step.endpoint, response)
                 # Raised outside the except block so the grpc error is not chained.

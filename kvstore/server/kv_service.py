@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 # A request without a deadline still gets an answer within this bound.
 DEFAULT_WAIT_SECONDS = 30.0
+MAX_BATCH_OPS = 10_000
 
 
 class _Abort(Exception):
@@ -106,46 +107,77 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def _propose(self, data: bytes, context) -> ApplyResult:
         return await self._wait(self.driver.propose(data), context)
 
+    # -- operation bodies: raise _Abort on failure -------------------------------------
+
+    async def _put(self, request, context) -> kv_pb2.PutResponse:
+        self._check_key(request.key)
+        self._check_value(request.value)
+        cid, seq, low = self._write_id(request)
+        await self._propose(commands.encode_put(cid, seq, low, request.key, request.value),
+                            context)
+        return kv_pb2.PutResponse(header=self._header())
+
+    async def _delete(self, request, context) -> kv_pb2.DeleteResponse:
+        self._check_key(request.key)
+        cid, seq, low = self._write_id(request)
+        res = await self._propose(commands.encode_delete(cid, seq, low, request.key), context)
+        return kv_pb2.DeleteResponse(header=self._header(), existed=res.ok)
+
+    async def _cas(self, request, context) -> kv_pb2.CompareAndSwapResponse:
+        self._check_key(request.key)
+        self._check_value(request.value)
+        self._check_value(request.expected)
+        cid, seq, low = self._write_id(request)
+        expected = None if request.expect_absent else request.expected
+        data = commands.encode_cas(cid, seq, low, request.key, expected, request.value)
+        res = await self._propose(data, context)
+        return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=res.ok)
+
+    async def _get(self, request, context) -> kv_pb2.GetResponse:
+        self._check_key(request.key)
+        if not request.stale:
+            await self._wait(self.driver.read_index(), context)
+        found, value, applied = self.store.get(request.key)
+        return kv_pb2.GetResponse(header=self._header(applied), found=found, value=value)
+
     # -- RPCs ---------------------------------------------------------------------------
 
     async def Put(self, request, context):  # noqa: N802
-        async def go():
-            self._check_key(request.key)
-            self._check_value(request.value)
-            cid, seq, low = self._write_id(request)
-            await self._propose(commands.encode_put(cid, seq, low, request.key, request.value),
-                                context)
-            return kv_pb2.PutResponse(header=self._header())
-        return await self._run(context, go())
+        return await self._run(context, self._put(request, context))
 
     async def Delete(self, request, context):  # noqa: N802
-        async def go():
-            self._check_key(request.key)
-            cid, seq, low = self._write_id(request)
-            res = await self._propose(commands.encode_delete(cid, seq, low, request.key), context)
-            return kv_pb2.DeleteResponse(header=self._header(), existed=res.ok)
-        return await self._run(context, go())
+        return await self._run(context, self._delete(request, context))
 
     async def CompareAndSwap(self, request, context):  # noqa: N802
-        async def go():
-            self._check_key(request.key)
-            self._check_value(request.value)
-            self._check_value(request.expected)
-            cid, seq, low = self._write_id(request)
-            expected = None if request.expect_absent else request.expected
-            data = commands.encode_cas(cid, seq, low, request.key, expected, request.value)
-            res = await self._propose(data, context)
-            return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=res.ok)
-        return await self._run(context, go())
+        return await self._run(context, self._cas(request, context))
 
     async def Get(self, request, context):  # noqa: N802
-        async def go():
-            self._check_key(request.key)
-            if not request.stale:
-                await self._wait(self.driver.read_index(), context)
-            found, value, applied = self.store.get(request.key)
-            return kv_pb2.GetResponse(header=self._header(applied), found=found, value=value)
-        return await self._run(context, go())
+        return await self._run(context, self._get(request, context))
+
+    async def Batch(self, request, context):  # noqa: N802
+        if len(request.ops) > MAX_BATCH_OPS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {MAX_BATCH_OPS} operations per batch")
+        results = await asyncio.gather(*(self._one(op, context) for op in request.ops))
+        return kv_pb2.BatchResponse(results=results)
+
+    async def _one(self, op: kv_pb2.Op, context) -> kv_pb2.OpResult:
+        kind = op.WhichOneof("op")
+        body = {"put": self._put, "get": self._get, "delete": self._delete,
+                "cas": self._cas}.get(kind or "")
+        if body is None:
+            return kv_pb2.OpResult(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                   message="empty operation")
+        try:
+            response = await body(getattr(op, kind), context)
+        except _Abort as a:
+            meta = dict(a.metadata)
+            return kv_pb2.OpResult(code=a.code.value[0], message=a.message,
+                                   leader_id=meta.get("kvstore-leader-id", ""),
+                                   leader_address=meta.get("kvstore-leader-address", ""))
+        result = kv_pb2.OpResult()
+        getattr(result, kind).CopyFrom(response)
+        return result
 
     async def Status(self, request, context):  # noqa: N802
         s = self.driver.status()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -227,6 +227,28 @@ class ShardedStateMachine:
 
     def apply(self, txn: KVTxn, entry: Entry) -> ApplyResult:
         """Apply one committed entry. Callers apply entries exactly once, in index order."""
+        return self.apply_batch(txn, [entry])[0]
+
+    def apply_batch(self, txn: KVTxn, entries: Sequence[Entry]) -> list[ApplyResult]:
+        """Apply committed entries in index order, with the same results as applying them
+        one by one: replicas batch differently, so batching must never change an outcome.
+
+        A session record is decoded once per batch and written back once at its end (a
+        client with many requests in flight has a large record); the LRU index is kept
+        exact at every step because eviction consults it.
+        """
+        cache: dict[bytes, Session | None] = {}
+        dirty: set[bytes] = set()
+        results = [self._apply_one(txn, e, cache, dirty) for e in entries]
+        for sid in dirty:
+            session = cache[sid]
+            assert session is not None
+            txn.put(SESSIONS_DB, _REC + sid, session.encode())
+        return results
+
+    def _apply_one(
+        self, txn: KVTxn, entry: Entry, cache: dict[bytes, Session | None], dirty: set[bytes]
+    ) -> ApplyResult:
         if entry.type == EntryType.NOOP or not entry.data:
             return ApplyResult(entry.index, b"", 0, ok=True, stale=False)
         try:
@@ -238,7 +260,10 @@ class ShardedStateMachine:
             return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
 
         sid = _storage_key(cid)
-        session = self.session(txn, cid)
+        if sid not in cache:
+            raw = txn.get(SESSIONS_DB, _REC + sid)
+            cache[sid] = None if raw is None else Session.decode(raw)
+        session = cache[sid]
         if session is not None:
             if seq in session.results:
                 ok = session.results[seq]
@@ -248,32 +273,39 @@ class ShardedStateMachine:
 
         ok = self._execute(txn, cmd)
         if session is None:
-            self._admit(txn)
-            session = Session()
+            victim = self._admit(txn)
+            if victim is not None and victim in cache:
+                cache[victim] = None
+                dirty.discard(victim)
+            session = cache[sid] = Session()
         else:
             txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
         self._record(session, seq, cmd.lowest_pending_seq, ok)
         session.last_index = entry.index
-        txn.put(SESSIONS_DB, _REC + sid, session.encode())
+        dirty.add(sid)
         txn.put(SESSIONS_DB, _LRU + _U64.pack(entry.index), sid)
         return ApplyResult(entry.index, cid, seq, ok=ok, stale=False)
 
     @staticmethod
     def _record(session: Session, seq: int, lowest_pending_seq: int, ok: bool) -> None:
-        lowest = max(session.lowest_pending_seq, lowest_pending_seq)
-        results = {s: r for s, r in session.results.items() if s >= lowest}
+        results = session.results
+        lowest = session.lowest_pending_seq
+        if lowest_pending_seq > lowest:
+            lowest = lowest_pending_seq
+            for s in [s for s in results if s < lowest]:
+                del results[s]
         if seq >= lowest:  # a client claiming seq is no longer pending gets nothing recorded
             results[seq] = ok
         if len(results) > MAX_RESULTS_PER_SESSION:
             # Forget the oldest; a retry of them then reports stale instead of re-applying.
             keep = sorted(results)[-MAX_RESULTS_PER_SESSION:]
             lowest = keep[0]
-            results = {s: results[s] for s in keep}
+            session.results = {s: results[s] for s in keep}
         session.lowest_pending_seq = lowest
-        session.results = results
 
-    def _admit(self, txn: KVTxn) -> None:
-        """Make room for one new session, evicting the least recently used when full."""
+    def _admit(self, txn: KVTxn) -> bytes | None:
+        """Make room for one new session, evicting the least recently used when full;
+        returns the evicted session's id."""
         count = self.session_count(txn)
         if count >= self.max_sessions:
             oldest = txn.first_key(SESSIONS_DB, _LRU)
@@ -282,8 +314,9 @@ class ShardedStateMachine:
             assert victim is not None
             txn.delete(SESSIONS_DB, oldest)
             txn.delete(SESSIONS_DB, _REC + victim)
-        else:
-            txn.put(SESSIONS_DB, _COUNT, _U64.pack(count + 1))
+            return victim
+        txn.put(SESSIONS_DB, _COUNT, _U64.pack(count + 1))
+        return None
 
     def _execute(self, txn: KVTxn, cmd: raft_pb2.Command) -> bool:
         op = cmd.WhichOneof("op")

@@ -322,7 +322,7 @@ class LmdbNodeStore:
                 if hard_state is not None:
                     txn.put(_HARD_STATE, _encode_hard_state(hard_state), db=meta)
                 adapter = _LmdbTxn(txn, self._dbs)
-                results = [self.machine.apply(adapter, entry) for entry in to_apply]
+                results = self.machine.apply_batch(adapter, to_apply)
                 applied = to_apply[-1].index if to_apply else view.applied
                 if to_apply:
                     txn.put(_APPLIED, _U64.pack(applied), db=meta)

@@ -66,6 +66,11 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/kvstore.v1.KV/Batch',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -108,6 +113,12 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +146,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.StatusRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.StatusResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -279,6 +295,33 @@ class KV:
             '/kvstore.v1.KV/Status',
             kvstore_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Batch',
+            kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

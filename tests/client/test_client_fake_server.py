@@ -32,6 +32,20 @@ from kvstore.v1 import kv_pb2, kv_pb2_grpc
 pytestmark = pytest.mark.timeout(60)
 
 
+class _OpAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, metadata: dict[str, str]) -> None:
+        super().__init__(details)
+        self.code, self.details, self.metadata = code, details, metadata
+
+
+class _OpContext:
+    """Stands in for the gRPC context while one op of a Batch runs."""
+
+    async def abort(self, code: grpc.StatusCode, details: str,
+                    trailing_metadata: Any = ()) -> None:
+        raise _OpAbort(code, details, dict(trailing_metadata))
+
+
 @dataclass
 class FakeNode(kv_pb2_grpc.KVServicer):
     """A scriptable KV node.
@@ -49,6 +63,7 @@ class FakeNode(kv_pb2_grpc.KVServicer):
     refuse_stale: bool = False  # unlike the real server, redirect stale gets too
     data: dict[bytes, bytes] = field(default_factory=dict)
     requests: list[tuple[str, Any]] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Any]:
@@ -106,6 +121,27 @@ class FakeNode(kv_pb2_grpc.KVServicer):
         if ok:
             self.data[request.key] = request.value
         return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=ok)
+
+    async def Batch(self, request: Any, context: Any) -> kv_pb2.BatchResponse:  # noqa: N802
+        """Like the real node: each op gets the outcome its unary call would have had."""
+        self.batch_sizes.append(len(request.ops))
+        results = []
+        for op in request.ops:
+            kind = op.WhichOneof("op")
+            method = {"put": self.Put, "get": self.Get, "delete": self.Delete,
+                      "cas": self.CompareAndSwap}[kind]
+            try:
+                response = await method(getattr(op, kind), _OpContext())
+            except _OpAbort as a:
+                results.append(kv_pb2.OpResult(
+                    code=a.code.value[0], message=a.details,
+                    leader_id=a.metadata.get("kvstore-leader-id", ""),
+                    leader_address=a.metadata.get("kvstore-leader-address", "")))
+                continue
+            result = kv_pb2.OpResult()
+            getattr(result, kind).CopyFrom(response)
+            results.append(result)
+        return kv_pb2.BatchResponse(results=results)
 
     async def Status(self, request: Any, context: Any) -> kv_pb2.StatusResponse:  # noqa: N802
         await self._enter("Status", request, context, False)
@@ -328,3 +364,26 @@ def test_sync_client_context_manager_closes_channels(fakes: tuple[FakeNode, Fake
         assert client.get(b"k") == b"v"
     with pytest.raises(RuntimeError):
         client.get("k")
+
+
+async def test_async_client_coalesces_concurrent_calls_into_batches(
+    fakes: tuple[FakeNode, FakeNode],
+) -> None:
+    _, leader = fakes
+    async with AsyncKVClient([leader.address], timeout=5.0) as client:
+        await asyncio.gather(*(client.put(f"k{i}", f"v{i}") for i in range(200)))
+        values = await asyncio.gather(*(client.get(f"k{i}") for i in range(200)))
+    assert values == [f"v{i}".encode() for i in range(200)]
+    assert sum(leader.batch_sizes) == 400
+    assert len(leader.batch_sizes) < 400  # concurrent calls shared RPCs
+    assert max(leader.batch_sizes) > 1
+
+
+async def test_async_client_without_coalescing_uses_unary_calls(
+    fakes: tuple[FakeNode, FakeNode],
+) -> None:
+    _, leader = fakes
+    async with AsyncKVClient([leader.address], timeout=5.0, coalesce=False) as client:
+        await asyncio.gather(*(client.put(f"k{i}", "v") for i in range(20)))
+    assert leader.batch_sizes == []
+    assert len(leader.calls("Put")) == 20

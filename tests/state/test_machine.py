@@ -309,3 +309,48 @@ def test_machine_directly_over_dict_txn() -> None:
     assert sm.read(txn, b"k") == b"v"
     txn.commit()
     assert sm.read(DictTxn(dbs), b"k") == b"v"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batch_boundaries_never_change_outcomes(seed: int) -> None:
+    """Replicas apply the same log in differently sized batches; results and state must
+    match one-by-one application exactly, including duplicates, pruning and eviction."""
+    rng = random.Random(seed)
+    clients = [b"c%d" % i for i in range(6)]
+    seqs = dict.fromkeys(clients, 0)
+    entries = []
+    for index in range(1, 400):
+        cid = rng.choice(clients)
+        if seqs[cid] and rng.random() < 0.2:
+            seq = rng.randint(max(1, seqs[cid] - 5), seqs[cid])  # a retry
+        else:
+            seqs[cid] += 1
+            seq = seqs[cid]
+        low = max(1, seqs[cid] - rng.randint(0, 8))
+        key = b"k%d" % rng.randint(0, 5)
+        op = rng.random()
+        if op < 0.5:
+            data = encode_put(cid, seq, low, key, b"v%d" % index)
+        elif op < 0.7:
+            data = encode_delete(cid, seq, low, key)
+        else:
+            data = encode_cas(cid, seq, low, key, rng.choice([None, b"v%d" % (index - 1)]), b"x")
+        entries.append(Entry(1, index, data=data))
+
+    def run(batch_sizes: list[int]) -> tuple[list[ApplyResult], dict]:
+        sm = ShardedStateMachine(shards=4, vnodes=16, max_sessions=4)
+        dbs: dict[str, dict[bytes, bytes]] = {}
+        txn = DictTxn(dbs)
+        results, i = [], 0
+        sizes = iter(batch_sizes)
+        while i < len(entries):
+            n = next(sizes, 1)
+            results.extend(sm.apply_batch(txn, entries[i : i + n]))
+            i += n
+        txn.commit()
+        return results, dbs
+
+    one_by_one = run([1] * len(entries))
+    batched = run([rng.randint(1, 60) for _ in range(len(entries))])
+    assert batched[0] == one_by_one[0]
+    assert batched[1] == one_by_one[1]
