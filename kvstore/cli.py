@@ -335,6 +335,11 @@ def _parse_peers(text: str, node_id: str, listen: str) -> dict[str, str]:
 @click.option(
     "--max-value-bytes", type=click.IntRange(min=1), default=None, help="Largest value accepted."
 )
+@click.option(
+    "--fault-injection",
+    is_flag=True,
+    help="TEST ONLY: let Admin.SetFaults drop Raft traffic to/from chosen peers (drills).",
+)
 def serve(
     node_id: str,
     listen: str,
@@ -344,6 +349,7 @@ def serve(
     election_ticks: int | None,
     shards: int | None,
     max_value_bytes: int | None,
+    fault_injection: bool,
 ) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
     from kvstore.server.config import NodeConfig
@@ -363,6 +369,7 @@ def serve(
         listen=listen,
         peers=_parse_peers(peers, node_id, listen),
         data_dir=str(Path(data_dir).resolve()),
+        fault_injection=fault_injection,
         **{k: v for k, v in optional.items() if v is not None},
     )
     try:

@@ -11,13 +11,14 @@ import sys
 
 import grpc
 
+from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
 from kvstore.server.kv_service import KVService
 from kvstore.server.node import NodeDriver
 from kvstore.server.transport import GRPC_OPTIONS, PeerTransport, RaftPeerService
 from kvstore.storage.errors import StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
-from kvstore.v1 import kv_pb2_grpc, raft_pb2_grpc
+from kvstore.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2_grpc
 
 log = logging.getLogger("kvstore.server")
 
@@ -55,7 +56,10 @@ async def _serve(config: NodeConfig) -> None:
     )
     server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(config, driver, store), server)
-    raft_pb2_grpc.add_RaftPeerServicer_to_server(RaftPeerService(driver.deliver), server)
+    raft_pb2_grpc.add_RaftPeerServicer_to_server(
+        RaftPeerService(driver.deliver, transport.receiving_blocked), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminService(config.node_id, store, transport, config.fault_injection), server)
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as err:

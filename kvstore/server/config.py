@@ -22,6 +22,7 @@ class NodeConfig:
     election_ticks: int = 6  # election timeout is randomized in [6, 12) ticks = 300..600 ms
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MAX_VALUE_BYTES
+    fault_injection: bool = False  # test flag: serve Admin.SetFaults for drills
     extra: dict[str, str] = field(default_factory=dict)
 
     def address_of(self, node_id: str) -> str:

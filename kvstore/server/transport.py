@@ -97,6 +97,15 @@ class PeerSender:
 class PeerTransport:
     def __init__(self, peers: dict[str, str]) -> None:
         self.senders = {pid: PeerSender(pid, addr) for pid, addr in peers.items()}
+        self.drop_from: set[str] = set()  # fault injection: ignore messages from these
+
+    def set_faults(self, drop_to: set[str], drop_from: set[str]) -> None:
+        for pid, sender in self.senders.items():
+            sender.blocked = pid in drop_to
+        self.drop_from = set(drop_from)
+
+    def receiving_blocked(self, peer_id: str) -> bool:
+        return peer_id in self.drop_from
 
     def start(self) -> None:
         for s in self.senders.values():

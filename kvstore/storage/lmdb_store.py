@@ -386,6 +386,14 @@ class LmdbNodeStore:
         """
         return self._read(lambda t: [self.machine.shard_digest(t, s) for s in range(self.shards)])
 
+    def digest(self) -> tuple[int, list[str]]:
+        """(applied index, shard digests) from one consistent snapshot."""
+        with self._env.begin() as txn:
+            raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
+            t = _LmdbTxn(txn, self._dbs)
+            digests = [self.machine.shard_digest(t, s) for s in range(self.shards)]
+        return (0 if raw is None else _U64.unpack(raw)[0]), digests
+
     def _read(self, fn: Callable[[_LmdbTxn], T]) -> T:
         with self._env.begin() as txn:
             return fn(_LmdbTxn(txn, self._dbs))

@@ -113,5 +113,9 @@ class MemoryNodeStore:
         txn = DictTxn(self._dbs)
         return [self.machine.shard_digest(txn, s) for s in range(self.shards)]
 
+    def digest(self) -> tuple[int, list[str]]:
+        """(applied index, shard digests), as LmdbNodeStore.digest."""
+        return self._applied, self.shard_digests()
+
     def close(self) -> None:
         """Nothing to release; present so the simulator and runtime share one interface."""
