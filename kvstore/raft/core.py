@@ -23,7 +23,15 @@ from kvstore.raft.errors import NotLeader
 from kvstore.raft.log import RaftLog
 from kvstore.raft.progress import Progress, ProgressState
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import Entry, EntryType, Message, MessageType, ReadState, Role
+from kvstore.raft.types import (
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
 
 MT = MessageType
 
@@ -302,7 +310,13 @@ class Raft:
             return
         prev = pr.next - 1
         prev_term = self.log.term(prev)
-        assert prev_term is not None, "log compaction is not supported yet"
+        if prev_term is None:
+            # What the follower needs next was compacted away: it needs a snapshot.
+            assert prev < self.log.first_index(), f"no term for {prev} below the last index"
+            pr.become_snapshot()
+            self._log_event(f"{to} needs a snapshot (next {pr.next})")
+            self._send(Message(MT.SNAP, self.id, to, self.term))
+            return
         entries = self.log.entries(pr.next, self.log.last_index() + 1, self.cfg.max_msg_bytes)
         commit = self.log.committed
         if not entries and pr.state == ProgressState.REPLICATE and commit <= pr.commit_sent:
@@ -325,10 +339,11 @@ class Raft:
             if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
                 pass  # pre-votes never change our term
             else:
-                leader = m.src if m.type in (MT.APP, MT.HEARTBEAT) else ""
+                leader = m.src if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP) else ""
                 self.become_follower(m.term, leader)
         elif m.term < self.term:
-            if m.type in (MT.APP, MT.HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
+            if (m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP)
+                    and (self.cfg.check_quorum or self.cfg.pre_vote)):
                 # A deposed leader: tell it our term so it steps down.
                 self._send(Message(MT.APP_RESP, self.id, m.src, self.term))
             elif m.type == MT.PRE_VOTE:
@@ -366,7 +381,7 @@ class Raft:
         if m.type == want:
             self.votes.setdefault(m.src, not m.reject)
             self._tally()
-        elif m.type in (MT.APP, MT.HEARTBEAT):
+        elif m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
             # Someone won this term.
             self.become_follower(m.term, m.src)
             self._step_follower(m)
@@ -376,6 +391,10 @@ class Raft:
             self.election_elapsed = 0
             self.leader = m.src
             self._handle_append(m)
+        elif m.type == MT.SNAP:
+            self.election_elapsed = 0
+            self.leader = m.src
+            self._handle_snapshot(m)
         elif m.type == MT.HEARTBEAT:
             self.election_elapsed = 0
             self.leader = m.src
@@ -394,6 +413,31 @@ class Raft:
         self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=m.index, reject=True,
                            reject_hint=hint, hint_term=self.log.term(hint) or 0))
 
+    def _handle_snapshot(self, m: Message) -> None:
+        """The runtime received the leader's state up to m.index (term m.log_term)."""
+        snap = SnapshotMeta(m.index, m.log_term)
+        if snap.index <= self.log.committed:
+            ack = self.log.committed  # stale: we are already past it
+        elif self.log.match_term(snap.index, snap.term):
+            self.log.commit_to(snap.index)  # our log has it: just fast-forward the commit
+            ack = snap.index
+        else:
+            self._log_event(f"restoring snapshot at {snap.index} (term {snap.term})")
+            self.log.restore(snap)
+            ack = snap.index
+        self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=ack))
+
+    def report_snapshot(self, peer: str, index: int | None) -> None:
+        """The runtime finished streaming a snapshot up to `index` to `peer` (None: failed)."""
+        pr = self.prs.get(peer) if self.role == Role.LEADER else None
+        if pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        if index is None:
+            pr.become_probe()
+            pr.probe_sent = True  # retry after the next heartbeat answer, not in a tight loop
+        else:
+            pr.snapshot_sent(index)
+
     def _step_leader(self, m: Message) -> None:
         pr = self.prs.get(m.src)
         if pr is None:
@@ -410,7 +454,7 @@ class Raft:
                     self._send_append(m.src)
                 return
             if pr.maybe_update(m.index):
-                if pr.state == ProgressState.PROBE:
+                if pr.state != ProgressState.REPLICATE:
                     pr.become_replicate()
                 if self._maybe_commit():
                     self._broadcast_append()

@@ -3,17 +3,21 @@
 Invariants: `unstable[i].index == offset + i`; entries at or after `offset` come from
 `unstable` and shadow whatever storage holds there (a conflicting suffix that is being
 replaced); entries before `offset` come from storage. `applied <= committed <= last_index()`.
+
+A received snapshot that is not yet installed (`pending_snapshot`) replaces everything the
+storage holds: until the runtime installs it, the log starts right after it.
 """
 
 from __future__ import annotations
 
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import Entry
+from kvstore.raft.types import Entry, SnapshotMeta
 
 
 class RaftLog:
     def __init__(self, storage: LogStorage, applied: int = 0) -> None:
         self.storage = storage
+        self.pending_snapshot: SnapshotMeta | None = None
         self.unstable: list[Entry] = []
         self.offset = storage.last_index() + 1
         self.committed = storage.initial_state().commit
@@ -28,15 +32,21 @@ class RaftLog:
     # -- reading ---------------------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
         if self.unstable:
             return self.offset + len(self.unstable) - 1
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return self.storage.last_index()
 
     def stable_last_index(self) -> int:
         """Last index that is durable locally (storage, not shadowed by `unstable`)."""
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return min(self.storage.last_index(), self.offset - 1)
 
     def term(self, index: int) -> int | None:
@@ -44,6 +54,9 @@ class RaftLog:
         if index >= self.offset:
             i = index - self.offset
             return self.unstable[i].term if i < len(self.unstable) else None
+        snap = self.pending_snapshot
+        if snap is not None:
+            return snap.term if index == snap.index else None
         if index < self.storage.first_index() - 1 or index > self.storage.last_index():
             return None
         return self.storage.term(index)
@@ -139,6 +152,19 @@ class RaftLog:
             self.committed = index
             return True
         return False
+
+    def restore(self, snap: SnapshotMeta) -> None:
+        """Replace the whole log by a snapshot up to snap.index (installed by the runtime)."""
+        assert snap.index > self.committed, "restoring a snapshot older than the commit"
+        self.pending_snapshot = snap
+        self.unstable = []
+        self.offset = snap.index + 1
+        self.committed = snap.index
+        self.applied = snap.index
+
+    def snapshot_installed(self, snap: SnapshotMeta) -> None:
+        if self.pending_snapshot == snap:
+            self.pending_snapshot = None
 
     def unstable_entries(self) -> tuple[Entry, ...]:
         return tuple(self.unstable)

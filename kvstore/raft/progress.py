@@ -14,6 +14,7 @@ from enum import IntEnum
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
+    SNAPSHOT = 2  # the follower needs a snapshot; appends wait until it is installed
 
 
 class Progress:
@@ -43,7 +44,22 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
 
+    def become_snapshot(self) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def snapshot_sent(self, index: int) -> None:
+        """The snapshot (up to `index`) reached the follower: probe right after it, paused
+        until the follower answers (its answer to the SNAP, or a heartbeat)."""
+        self.state = ProgressState.PROBE
+        self.next = max(self.match, index) + 1
+        self.probe_sent = True
+        self.inflight.clear()
+
     def is_paused(self) -> bool:
+        if self.state == ProgressState.SNAPSHOT:
+            return True
         if self.state == ProgressState.PROBE:
             return self.probe_sent
         return len(self.inflight) >= self.max_inflight
@@ -69,6 +85,8 @@ class Progress:
 
     def maybe_decrease_to(self, rejected: int, probe_hint: int) -> bool:
         """Handle a rejected append at `rejected`; False when the rejection is stale."""
+        if self.state == ProgressState.SNAPSHOT:
+            return False
         if self.state == ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False

@@ -42,6 +42,10 @@ class RawNode:
         """Propose a batch; returns (index of the first entry, term). Raises NotLeader."""
         return self.raft.propose(payloads)
 
+    def report_snapshot(self, peer: str, index: int | None) -> None:
+        """Streaming a snapshot to `peer` finished: it covered up to `index`, or failed."""
+        self.raft.report_snapshot(peer, index)
+
     def read_index(self, request_id: int) -> None:
         """Request a linearizable read point. Raises NotLeader."""
         self.raft.read_index(request_id)
@@ -68,6 +72,7 @@ class RawNode:
             or r.read_states
             or r.dropped_reads
             or r.log.unstable
+            or r.log.pending_snapshot is not None
             or r.log.committed > r.log.applied
             or self.hard_state() != self._prev_hard
             or self.soft_state() != self._prev_soft
@@ -91,6 +96,7 @@ class RawNode:
             # anything that answers for our term, vote or log waits for the write.
             send_before_persist=r.role == Role.LEADER and same_vote,
             dropped_reads=tuple(r.dropped_reads),
+            snapshot=r.log.pending_snapshot,
         )
         r.msgs = []
         r.read_states = []
@@ -106,6 +112,8 @@ class RawNode:
         self._in_ready = None
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            self.raft.log.snapshot_installed(rd.snapshot)
         if rd.committed:
             self.raft.log.applied_to(rd.committed[-1].index)
         if rd.entries:

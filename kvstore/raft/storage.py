@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from kvstore.raft.types import Entry, HardState
+from kvstore.raft.types import Entry, HardState, SnapshotMeta
 
 
 class LogStorage(Protocol):
@@ -39,31 +39,45 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self.hard_state = HardState()
-        self.log: list[Entry] = []  # log[i].index == i + 1
+        self.snapshot = SnapshotMeta(0, 0)  # everything up to here is compacted away
+        self.log: list[Entry] = []  # log[i].index == snapshot.index + 1 + i
 
     def initial_state(self) -> HardState:
         return self.hard_state
 
     def first_index(self) -> int:
-        return 1
+        return self.snapshot.index + 1
 
     def last_index(self) -> int:
-        return len(self.log)
+        return self.snapshot.index + len(self.log)
 
     def term(self, index: int) -> int:
-        if index == 0:
-            return 0
-        return self.log[index - 1].term
+        if index == self.snapshot.index:
+            return self.snapshot.term
+        return self.log[index - self.snapshot.index - 1].term
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        return self.log[lo - 1 : hi - 1]
+        base = self.snapshot.index + 1
+        return self.log[lo - base : hi - base]
 
     def save(self, hard_state: HardState | None, entries: tuple[Entry, ...] | list[Entry]) -> None:
         """Replace the log from entries[0].index on, and record hard_state."""
         if entries:
             first = entries[0].index
-            assert first <= len(self.log) + 1, "gap in the log"
-            del self.log[first - 1 :]
+            assert self.first_index() <= first <= self.last_index() + 1, "gap in the log"
+            del self.log[first - self.snapshot.index - 1 :]
             self.log.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+    def compact(self, index: int) -> None:
+        """Drop entries up to `index` (the state machine keeps their effect)."""
+        assert self.first_index() <= index <= self.last_index()
+        term = self.term(index)
+        del self.log[: index - self.snapshot.index]
+        self.snapshot = SnapshotMeta(index, term)
+
+    def install(self, snap: SnapshotMeta) -> None:
+        """Replace the log by an empty one starting after `snap`."""
+        self.log = []
+        self.snapshot = snap

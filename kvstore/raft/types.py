@@ -24,6 +24,10 @@ class MessageType(IntEnum):
     PRE_VOTE_RESP = 6
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
+    # Leader -> runtime -> follower: "this follower needs the state machine". The leader's
+    # runtime streams its current state (InstallSnapshot RPC); the follower's runtime then
+    # steps a SNAP message whose index/log_term say what the snapshot covers.
+    SNAP = 9
 
 
 class Role(IntEnum):
@@ -88,13 +92,23 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """A state-machine snapshot covering every entry up to `index` (of term `term`)."""
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Work the runtime must do, in this order (see RawNode.ready):
 
     1. If `send_before_persist` (the node is the leader) send `messages` now, in parallel
        with step 2; otherwise send them only after step 2 completes.
-    2. Persist `hard_state` (if set) and `entries` in one durable write; when `entries` start
-       at an index that already exists, that index and everything after it are replaced.
+    2. If `snapshot` is set, install it first: replace the state machine with the received
+       snapshot and the log with an empty one that starts after snapshot.index. Persist
+       `hard_state` (if set) and `entries` in one durable write; when `entries` start at an
+       index that already exists, that index and everything after it are replaced.
     3. Apply `committed` in order, after they are durable locally.
     4. Serve `read_states` once the applied index reaches each one's index.
     5. Call advance(ready).
@@ -108,7 +122,8 @@ class Ready:
     read_states: tuple[ReadState, ...]
     send_before_persist: bool
     dropped_reads: tuple[int, ...] = field(default=())
+    snapshot: SnapshotMeta | None = None
 
     @property
     def must_sync(self) -> bool:
-        return self.hard_state is not None or bool(self.entries)
+        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None

@@ -23,6 +23,7 @@ class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MSG_PRE_VOTE_RESP: _ClassVar[MessageType]
     MSG_HEARTBEAT: _ClassVar[MessageType]
     MSG_HEARTBEAT_RESP: _ClassVar[MessageType]
+    MSG_SNAP: _ClassVar[MessageType]
 ENTRY_NORMAL: EntryType
 ENTRY_NOOP: EntryType
 MSG_UNKNOWN: MessageType
@@ -34,6 +35,7 @@ MSG_PRE_VOTE: MessageType
 MSG_PRE_VOTE_RESP: MessageType
 MSG_HEARTBEAT: MessageType
 MSG_HEARTBEAT_RESP: MessageType
+MSG_SNAP: MessageType
 
 class Entry(_message.Message):
     __slots__ = ("term", "index", "type", "data")

@@ -21,10 +21,14 @@ class Cluster:
         self.inflight: list[Message] = []
         self.cut: set[tuple[str, str]] = set()  # (src, dst) pairs whose messages are dropped
         self.seed = seed
+        self.snapshots: dict[tuple[str, int], list[Entry]] = {}
+        self.snapshots_sent = 0
+        self.fail_snapshots = False
         self.nodes = {i: self._new_node(i) for i in self.ids}
 
     def _new_node(self, node_id: str) -> RawNode:
-        cfg = RaftConfig(node_id=node_id, voters=tuple(self.ids), **self.cfg)  # type: ignore[arg-type]
+        cfg = RaftConfig(node_id=node_id, voters=tuple(self.ids),  # type: ignore[arg-type]
+                         applied=self.storage[node_id].first_index() - 1, **self.cfg)
         rng = random.Random(f"{self.seed}-{node_id}")
         return RawNode(cfg, self.storage[node_id], rng)
 
@@ -48,13 +52,41 @@ class Cluster:
         if not node.has_ready():
             return False
         rd = node.ready()
+        if rd.snapshot is not None:
+            # The state a runtime would have streamed: the sender's applied entries.
+            self.storage[node_id].install(rd.snapshot)
+            self.applied[node_id] = list(self.snapshots.pop((node_id, rd.snapshot.index)))
         self.storage[node_id].save(rd.hard_state, rd.entries)
         self.applied[node_id].extend(e for e in rd.committed)
         self.reads[node_id].extend(rd.read_states)
         self.dropped[node_id].extend(rd.dropped_reads)
-        self.inflight.extend(m for m in rd.messages if (m.src, m.dst) not in self.cut)
+        for m in rd.messages:
+            if (m.src, m.dst) in self.cut:
+                continue
+            if m.type == MessageType.SNAP:
+                self._stream_snapshot(m)
+            else:
+                self.inflight.append(m)
         node.advance(rd)
         return True
+
+    def _stream_snapshot(self, m: Message) -> None:
+        """Play the leader's runtime: ship its applied state, then report to the core."""
+        if self.fail_snapshots:
+            self.nodes[m.src].report_snapshot(m.dst, None)
+            return
+        leader = self.nodes[m.src].raft
+        index = leader.log.applied
+        term = leader.log.term(index)
+        assert term is not None
+        self.snapshots[(m.dst, index)] = list(self.applied[m.src])
+        self.inflight.append(Message(MessageType.SNAP, m.src, m.dst, m.term, log_term=term,
+                                     index=index))
+        self.snapshots_sent += 1
+        self.nodes[m.src].report_snapshot(m.dst, index)
+
+    def compact(self, node_id: str, index: int) -> None:
+        self.storage[node_id].compact(index)
 
     def stabilize(self, max_rounds: int = 1000) -> None:
         for _ in range(max_rounds):

@@ -351,3 +351,83 @@ def test_restart_applied_index_from_state_machine_skips_reapply():
     storage.save(HardState(1, "n1", 2), [Entry(1, 1, EntryType.NOOP), Entry(1, 2, data=b"a")])
     node = RawNode(RaftConfig("n1", ("n1",), applied=2), storage, random.Random(0))
     assert not node.ready().committed
+
+
+# -- snapshots and compaction ---------------------------------------------------------
+
+
+def _lagging_follower_after_compaction(c: Cluster) -> None:
+    c.elect("n1")
+    c.isolate("n3")
+    for k in range(20):
+        c.nodes["n1"].propose([b"v%d" % k])
+        c.stabilize()
+    for i in ("n1", "n2"):
+        c.compact(i, c.nodes[i].raft.log.applied - 2)  # keep a short tail
+    c.heal()
+
+
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot():
+    c = Cluster(3)
+    _lagging_follower_after_compaction(c)
+    c.tick_all(3)
+    c.nodes["n1"].propose([b"after"])
+    c.stabilize()
+    c.tick_all(2)
+    assert c.snapshots_sent == 1
+    assert c.data("n3") == c.data("n1")
+    assert c.data("n3")[-1] == b"after"
+    # n3's log now starts after the snapshot, and its commit/applied caught up.
+    n3 = c.nodes["n3"].raft
+    assert c.storage["n3"].first_index() > 1
+    assert n3.log.applied == c.nodes["n1"].raft.log.applied
+
+
+def test_failed_snapshot_is_retried_after_a_heartbeat():
+    c = Cluster(3)
+    _lagging_follower_after_compaction(c)
+    c.fail_snapshots = True
+    c.tick_all(3)
+    assert c.snapshots_sent == 0
+    assert c.data("n3") == []
+    c.fail_snapshots = False
+    c.tick_all(3)
+    assert c.snapshots_sent == 1
+    assert c.data("n3") == c.data("n1")
+
+
+def test_snapshot_covering_entries_the_follower_has_only_moves_its_commit():
+    c = Cluster(3)
+    c.elect("n1")
+    c.nodes["n1"].propose([b"a", b"b"])
+    c.stabilize()
+    n2 = c.nodes["n2"]
+    # Deliver entry 4 without its commit, then a snapshot up to 4.
+    c.isolate("n3")
+    c.nodes["n1"].propose([b"c"])
+    c.process("n1")
+    app = [m for m in c.inflight if m.type == MT.APP and m.dst == "n2"][0]
+    c.inflight = []
+    n2.step(Message(MT.APP, "n1", "n2", 1, log_term=app.log_term, index=app.index,
+                    entries=app.entries, commit=3))
+    c.process("n2")
+    c.inflight = []
+    n2.step(Message(MT.SNAP, "n1", "n2", 1, log_term=1, index=4))
+    rd = n2.ready()
+    assert rd.snapshot is None  # its log already matches: no restore
+    assert [e.index for e in rd.committed] == [4]
+    n2.advance(rd)
+
+
+def test_stale_snapshot_is_acknowledged_with_the_commit_index():
+    c = Cluster(3)
+    c.elect("n1")
+    c.nodes["n1"].propose([b"a", b"b"])
+    c.stabilize()
+    c.tick_all(1)
+    n2 = c.nodes["n2"]
+    n2.step(Message(MT.SNAP, "n1", "n2", 1, log_term=1, index=2))
+    rd = n2.ready()
+    assert rd.snapshot is None
+    assert [(m.type, m.index) for m in rd.messages] == [(MT.APP_RESP, 3)]
+    n2.advance(rd)
