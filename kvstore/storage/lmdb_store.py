@@ -2,7 +2,8 @@
 
 Layout (named databases of one environment in the data directory):
     log        8-byte big-endian index -> crc32 | term | type | data  (see _encode_record)
-    meta       format, shards, vnodes, hard_state, applied
+    meta       format, shards, vnodes, hard_state, applied, compacted (index, term of the
+               last entry dropped from the log; the state machine holds its effect)
     sessions   client sessions (kvstore.state.machine)
     shard-NNN  user keys of shard NNN
 
@@ -32,9 +33,10 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from kvstore.raft.types import Entry, EntryType, HardState
+from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
+from kvstore.storage import snapshot_file
 from kvstore.storage.batch import plan_batch
 from kvstore.storage.errors import ConfigMismatchError, CorruptLogError, StorageError
 
@@ -51,6 +53,8 @@ _SHARDS = b"shards"
 _VNODES = b"vnodes"
 _HARD_STATE = b"hard_state"
 _APPLIED = b"applied"
+_COMPACTED = b"compacted"
+_PAIR = struct.Struct(">QQ")
 
 _U64 = struct.Struct(">Q")
 _RECORD_HEADER = struct.Struct(">IQB")  # crc32, term, type; data follows
@@ -109,6 +113,7 @@ class _View:
     last_index: int
     hard_state: HardState
     applied: int
+    compacted_term: int = 0  # term of entry first_index - 1 (0 when nothing is compacted)
 
 
 class _LmdbTxn:
@@ -249,7 +254,7 @@ class LmdbNodeStore:
     def term(self, index: int) -> int:
         view = self._view
         if index == view.first_index - 1:
-            return 0  # no compaction yet: the entry before the first is the empty index 0
+            return view.compacted_term
         if not view.first_index <= index <= view.last_index:
             raise StorageError(
                 f"log entry {index} is not in the log ({view.first_index}..{view.last_index})"
@@ -340,8 +345,84 @@ class LmdbNodeStore:
                 last_index=new_last,
                 hard_state=hard_state if hard_state is not None else view.hard_state,
                 applied=applied,
+                compacted_term=view.compacted_term,
             )
             return results
+
+    # -- compaction and snapshots ----------------------------------------------------------
+
+    def compact(self, upto: int) -> None:
+        """Drop log entries up to `upto` (which must be applied): the state machine holds
+        their effect, and a follower that still needs them gets a snapshot instead."""
+        with self._write_lock:
+            view = self._view
+            if upto < view.first_index:
+                return
+            if upto > min(view.applied, view.last_index):
+                raise StorageError(f"cannot compact to {upto}: applied is {view.applied}")
+            with self._env.begin(write=True) as txn:
+                term = self._read_entry(txn, upto).term
+                log = self._dbs[_LOG_DB]
+                for index in range(view.first_index, upto + 1):
+                    txn.delete(_log_key(index), db=log)
+                txn.put(_COMPACTED, _PAIR.pack(upto, term), db=self._dbs[_META_DB])
+            self._view = _View(upto + 1, view.last_index, view.hard_state, view.applied, term)
+
+    def log_bytes(self) -> int:
+        """Bytes of LMDB pages holding the log (a measure of its on-disk size)."""
+        with self._env.begin() as txn:
+            st = txn.stat(self._dbs[_LOG_DB])
+        return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+
+    def write_snapshot(self, path: str) -> SnapshotMeta:
+        """Write the state machine as of its applied index to `path`, from one read
+        transaction (writers carry on meanwhile). Returns what it covers."""
+        with self._env.begin() as txn:
+            raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
+            applied = 0 if raw is None else _U64.unpack(raw)[0]
+            raw_c = txn.get(_COMPACTED, db=self._dbs[_META_DB])
+            c_index, c_term = (0, 0) if raw_c is None else _PAIR.unpack(raw_c)
+            if applied == c_index:
+                term = c_term
+            else:
+                term = self._read_entry(txn, applied).term
+            names = tuple(self.machine.db_names)
+            header = snapshot_file.SnapshotHeader(applied, term, self.shards, self.vnodes, names)
+            with open(path, "wb") as out:
+                writer = snapshot_file.SnapshotWriter(out, header)
+                for name in names:
+                    for key, value in txn.cursor(db=self._dbs[name]):
+                        writer.add(name, bytes(key), bytes(value))
+                writer.finish()
+                out.flush()
+                os.fsync(out.fileno())
+        return SnapshotMeta(applied, term)
+
+    def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta:
+        """Replace the state machine and the log by a received snapshot, in ONE write
+        transaction: a crash leaves the old state or the new, never a mix."""
+        header, records = snapshot_file.read(data)
+        if (header.shards, header.vnodes) != (self.shards, self.vnodes):
+            raise ConfigMismatchError(
+                f"snapshot has shards={header.shards} vnodes={header.vnodes}; this node has "
+                f"shards={self.shards} vnodes={self.vnodes}")
+        unknown = set(header.dbs) - set(self.machine.db_names)
+        if unknown:
+            raise StorageError(f"snapshot holds unknown databases {sorted(unknown)}")
+        with self._write_lock:
+            view = self._view
+            with self._env.begin(write=True) as txn:
+                for name in [_LOG_DB, *self.machine.db_names]:
+                    txn.drop(self._dbs[name], delete=False)
+                for name, key, value in records:
+                    txn.put(key, value, db=self._dbs[name])
+                meta = self._dbs[_META_DB]
+                txn.put(_COMPACTED, _PAIR.pack(header.index, header.term), db=meta)
+                txn.put(_APPLIED, _U64.pack(header.index), db=meta)
+                hs = hard_state if hard_state is not None else view.hard_state
+                txn.put(_HARD_STATE, _encode_hard_state(hs), db=meta)
+            self._view = _View(header.index + 1, header.index, hs, header.index, header.term)
+        return SnapshotMeta(header.index, header.term)
 
     def _write_entries(
         self, txn: lmdb.Transaction, entries: Sequence[Entry], last_index: int
@@ -440,16 +521,20 @@ def _check_layout(txn: lmdb.Transaction, meta: Any, path: str, shards: int, vnod
 
 def _scan(env: lmdb.Environment, dbs: dict[str, Any], path: str) -> _View:
     """Verify every log record (checksum, contiguity) and load the durable view."""
-    first = last = 0
     with env.begin() as txn:
+        raw_c = txn.get(_COMPACTED, db=dbs[_META_DB])
+        c_index, c_term = (0, 0) if raw_c is None else _PAIR.unpack(raw_c)
+        first = 0
+        last = c_index
         for key, raw in txn.cursor(db=dbs[_LOG_DB]):
             if len(key) != _U64.size:
                 raise CorruptLogError(last + 1, path, f"malformed key {bytes(key).hex()}")
             index = _U64.unpack(key)[0]
             if first == 0:
-                if index != 1:  # no snapshots/compaction yet: the log starts at 1
-                    raise CorruptLogError(1, path, f"missing: the log starts at {index}")
-                first = 1
+                if index != c_index + 1:  # the log starts right after the compacted prefix
+                    raise CorruptLogError(c_index + 1, path,
+                                          f"missing: the log starts at {index}")
+                first = index
             elif index != last + 1:
                 raise CorruptLogError(last + 1, path, f"missing: the log jumps to {index}")
             _decode_record(index, raw, path, "refusing to start")
@@ -462,4 +547,9 @@ def _scan(env: lmdb.Environment, dbs: dict[str, Any], path: str) -> _View:
         raise StorageError(
             f"data dir {path}: applied index {applied} is beyond the last log entry {last}"
         )
-    return _View(first_index=1, last_index=last, hard_state=hard_state, applied=applied)
+    if applied < c_index:
+        raise StorageError(
+            f"data dir {path}: applied index {applied} is behind the compacted log ({c_index})"
+        )
+    return _View(first_index=c_index + 1, last_index=last, hard_state=hard_state,
+                 applied=applied, compacted_term=c_term)
