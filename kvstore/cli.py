@@ -336,6 +336,12 @@ def _parse_peers(text: str, node_id: str, listen: str) -> dict[str, str]:
     "--max-value-bytes", type=click.IntRange(min=1), default=None, help="Largest value accepted."
 )
 @click.option(
+    "--snapshot-entries",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Compact the log once it holds this many applied entries (default 10000).",
+)
+@click.option(
     "--fault-injection",
     is_flag=True,
     help="TEST ONLY: let Admin.SetFaults drop Raft traffic to/from chosen peers (drills).",
@@ -349,6 +355,7 @@ def serve(
     election_ticks: int | None,
     shards: int | None,
     max_value_bytes: int | None,
+    snapshot_entries: int | None,
     fault_injection: bool,
 ) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
@@ -363,6 +370,7 @@ def serve(
         "election_ticks": election_ticks,
         "shards": shards,
         "max_value_bytes": max_value_bytes,
+        "snapshot_entries": snapshot_entries,
     }
     config = NodeConfig(
         node_id=node_id,

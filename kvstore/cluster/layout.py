@@ -27,6 +27,13 @@ SETTING_OPTIONS: dict[str, str] = {
     "election_ticks": "--election-ticks",
     "shards": "--shards",
     "max_value_bytes": "--max-value-bytes",
+    "snapshot_entries": "--snapshot-entries",
+}
+# Boolean settings, mapped to the `kvstore serve` flag that ``true`` turns on. Kept apart
+# from SETTING_OPTIONS because a flag takes no value (``"fault_injection": true`` is how
+# fault drills start nodes that serve Admin.SetFaults).
+SETTING_FLAGS: dict[str, str] = {
+    "fault_injection": "--fault-injection",
 }
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -51,7 +58,7 @@ class NodeSpec:
 class Layout:
     name: str
     nodes: tuple[NodeSpec, ...]
-    settings: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, int | bool] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -65,7 +72,11 @@ class Layout:
         peers = ",".join(f"{n.id}={n.address}" for n in self.nodes if n.id != node_id)
         args = ["--id", me.id, "--listen", me.address, "--peers", peers, "--data-dir", data_dir]
         for key, value in self.settings.items():
-            args += [SETTING_OPTIONS[key], str(value)]
+            if key in SETTING_FLAGS:
+                if value:
+                    args.append(SETTING_FLAGS[key])
+            else:
+                args += [SETTING_OPTIONS[key], str(value)]
         return args
 
 
@@ -108,8 +119,12 @@ def layout_from_json(data: Any, source: str = "definition") -> Layout:
     if not isinstance(settings, dict):
         raise LayoutError(f"{source}: 'settings' must be an object")
     for key, value in settings.items():
+        if key in SETTING_FLAGS:
+            if not isinstance(value, bool):
+                raise LayoutError(f"{source}: setting {key} must be true or false")
+            continue
         if key not in SETTING_OPTIONS:
-            known = ", ".join(SETTING_OPTIONS)
+            known = ", ".join([*SETTING_OPTIONS, *SETTING_FLAGS])
             raise LayoutError(f"{source}: unknown setting {key!r} (known: {known})")
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise LayoutError(f"{source}: setting {key} must be a positive integer")

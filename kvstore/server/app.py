@@ -53,11 +53,16 @@ async def _serve(config: NodeConfig) -> None:
         rng,
         tick_seconds=config.tick_ms / 1000.0,
         election_ticks=config.election_ticks,
+        snapshot_dir=config.data_dir,
+        snapshot_entries=config.snapshot_entries,
+        send_snapshot=lambda peer, path, term: transport.send_snapshot(
+            peer, path, config.node_id, term),
     )
     server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(config, driver, store), server)
     raft_pb2_grpc.add_RaftPeerServicer_to_server(
-        RaftPeerService(driver.deliver, transport.receiving_blocked), server)
+        RaftPeerService(driver.deliver, transport.receiving_blocked, driver.deliver_snapshot),
+        server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(config.node_id, store, transport, config.fault_injection), server)
     try:

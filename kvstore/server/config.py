@@ -22,6 +22,7 @@ class NodeConfig:
     election_ticks: int = 6  # election timeout is randomized in [6, 12) ticks = 300..600 ms
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MAX_VALUE_BYTES
+    snapshot_entries: int = 10_000  # compact the log once it holds this many applied entries
     fault_injection: bool = False  # test flag: serve Admin.SetFaults for drills
     extra: dict[str, str] = field(default_factory=dict)
 

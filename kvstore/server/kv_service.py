@@ -199,4 +199,6 @@ class KVService(kv_pb2_grpc.KVServicer):
             last_log_index=s["last_log_index"],
             shards=self.cfg.shards,
             peers=peers,
+            snapshot_index=s["snapshot_index"],
+            log_bytes=self.store.log_bytes(),
         )

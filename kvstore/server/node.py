@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,8 +23,10 @@ from kvstore.raft.core import RaftConfig
 from kvstore.raft.errors import NotLeader
 from kvstore.raft.rawnode import RawNode
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import Entry, HardState, Message, Ready, Role
+from kvstore.raft.types import Entry, HardState, Message, MessageType, Ready, Role, SnapshotMeta
 from kvstore.state.commands import ApplyResult
+from kvstore.storage import snapshot_file
+from kvstore.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,15 @@ class NodeStore(LogStorage, Protocol):
     ) -> list[ApplyResult]: ...
 
     def applied_index(self) -> int: ...
+
+    def compact(self, upto: int) -> None: ...
+
+    def write_snapshot(self, path: str) -> SnapshotMeta: ...
+
+    def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta: ...
+
+
+SendSnapshot = Callable[[str, str, int], Awaitable[None]]  # (peer, file path, term)
 
 
 class LeadershipLost(Exception):
@@ -61,11 +73,22 @@ class NodeDriver:
         rng: random.Random,
         tick_seconds: float = 0.05,
         election_ticks: int = 6,
+        snapshot_dir: str = "",
+        snapshot_entries: int = 10_000,
+        send_snapshot: SendSnapshot | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
         self._send = send
         self.tick_seconds = tick_seconds
+        # Compact once this many applied entries are in the log, keeping a fifth of them
+        # as a tail so that briefly lagging followers catch up from the log, not a snapshot.
+        self.snapshot_entries = snapshot_entries
+        self._snapshot_dir = snapshot_dir
+        self._send_snapshot = send_snapshot
+        self._snapshots_out: dict[str, asyncio.Task[None]] = {}
+        self._snapshot_reports: list[tuple[str, int | None]] = []
+        self._staged: dict[SnapshotMeta, bytes] = {}
         cfg = RaftConfig(
             node_id=node_id,
             voters=tuple(voters),
@@ -115,6 +138,18 @@ class NodeDriver:
         self._wake.set()
         return fut
 
+    def deliver_snapshot(self, src: str, term: int, data: bytes) -> None:
+        """A complete snapshot arrived from `src` (leader of `term`); raises ValueError if
+        it is damaged. The core decides whether to install it."""
+        try:
+            header, _ = snapshot_file.read(data)
+        except StorageError as err:
+            raise ValueError(f"snapshot from {src} rejected: {err}") from None
+        meta = SnapshotMeta(header.index, header.term)
+        self._staged[meta] = data
+        self.deliver(Message(MessageType.SNAP, src, self.node_id, term,
+                             log_term=meta.term, index=meta.index))
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -138,8 +173,11 @@ class NodeDriver:
                     rd = self.raw.ready()
                     await self._carry_out(rd)
                     self.raw.advance(rd)
+                await self._maybe_compact()
         finally:
             ticker.cancel()
+            for task in self._snapshots_out.values():
+                task.cancel()
             self._fail_all(LeadershipLost("node is shutting down"))
 
     def _feed_inputs(self) -> None:
@@ -150,6 +188,9 @@ class NodeDriver:
         msgs, self._inbox = self._inbox, []
         for m in msgs:
             raw.step(m)
+        reports, self._snapshot_reports = self._snapshot_reports, []
+        for peer, index in reports:
+            raw.report_snapshot(peer, index)
         props, self._proposals = self._proposals, []
         props = [p for p in props if not p.future.done()]
         if props:
@@ -176,16 +217,30 @@ class NodeDriver:
     async def _carry_out(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
-        if rd.send_before_persist and rd.messages:
-            self._send(rd.messages)
+        messages = [m for m in rd.messages if m.type != MessageType.SNAP]
+        for m in rd.messages:
+            if m.type == MessageType.SNAP:
+                self._start_snapshot(m.dst, m.term)
+        if rd.send_before_persist and messages:
+            self._send(messages)
         results: list[ApplyResult] = []
-        if rd.must_sync or rd.committed:
+        hard_state = rd.hard_state
+        if rd.snapshot is not None:
+            data = self._staged.pop(rd.snapshot)
+            await asyncio.to_thread(self.store.install_snapshot, data, hard_state)
+            log.info("installed snapshot at index %d (term %d)", rd.snapshot.index,
+                     rd.snapshot.term)
+            self.applied_index = rd.snapshot.index
+            hard_state = None
+        for meta in [m for m in self._staged if m.index <= self.applied_index]:
+            del self._staged[meta]  # superseded: we are already past it
+        if hard_state is not None or rd.entries or rd.committed:
             # Fail-stop: an exception here (disk error) propagates and ends the node.
             results = await asyncio.to_thread(
-                self.store.persist_and_apply, rd.hard_state, rd.entries, rd.committed
+                self.store.persist_and_apply, hard_state, rd.entries, rd.committed
             )
-        if not rd.send_before_persist and rd.messages:
-            self._send(rd.messages)
+        if not rd.send_before_persist and messages:
+            self._send(messages)
         if rd.committed:
             self.applied_index = rd.committed[-1].index
             self._resolve_applied(rd.committed, results)
@@ -216,6 +271,47 @@ class NodeDriver:
                 fut.set_exception(StaleRequest("write id older than its session remembers"))
             else:
                 fut.set_result(result)
+
+    # -- compaction and snapshots --------------------------------------------------------
+
+    async def _maybe_compact(self) -> None:
+        first = self.store.first_index()
+        if self.applied_index - first + 1 < self.snapshot_entries:
+            return
+        upto = self.applied_index - self.snapshot_entries // 5
+        if upto >= first:
+            await asyncio.to_thread(self.store.compact, upto)
+            log.info("compacted the log up to index %d", upto)
+
+    def _start_snapshot(self, peer: str, term: int) -> None:
+        if self._send_snapshot is None:
+            self._snapshot_reports.append((peer, None))
+            return
+        running = self._snapshots_out.get(peer)
+        if running is not None and not running.done():
+            return
+        self._snapshots_out[peer] = asyncio.create_task(self._stream_snapshot(peer, term))
+
+    async def _stream_snapshot(self, peer: str, term: int) -> None:
+        """Write our state to a file (one LMDB read transaction) and stream it to `peer`;
+        tell the core how it went."""
+        assert self._send_snapshot is not None
+        path = os.path.join(self._snapshot_dir, f"snapshot-to-{peer}.tmp")
+        index: int | None = None
+        try:
+            meta = await asyncio.to_thread(self.store.write_snapshot, path)
+            log.info("sending snapshot at index %d to %s", meta.index, peer)
+            await self._send_snapshot(peer, path, term)
+            index = meta.index
+        except Exception as err:  # any failure: the core retries later
+            log.warning("snapshot to %s failed: %s", peer, err)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._snapshot_reports.append((peer, index))
+        self._wake.set()
 
     def _release_reads(self) -> None:
         if not self._waiting_apply:
@@ -269,5 +365,6 @@ class NodeDriver:
             "leader_id": r.leader,
             "first_log_index": r.log.first_index(),
             "last_log_index": r.log.last_index(),
+            "snapshot_index": r.log.first_index() - 1,
             "peers": peers,
         }

@@ -117,7 +117,7 @@ class PeerProgress(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., match_index: _Optional[int] = ..., next_index: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("id", "address", "role", "term", "commit_index", "applied_index", "leader_id", "leader_address", "first_log_index", "last_log_index", "shards", "peers")
+    __slots__ = ("id", "address", "role", "term", "commit_index", "applied_index", "leader_id", "leader_address", "first_log_index", "last_log_index", "shards", "peers", "snapshot_index", "log_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,8 @@ class StatusResponse(_message.Message):
     LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     role: str
@@ -142,7 +144,9 @@ class StatusResponse(_message.Message):
     last_log_index: int
     shards: int
     peers: _containers.RepeatedCompositeFieldContainer[PeerProgress]
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., shards: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerProgress, _Mapping]]] = ...) -> None: ...
+    snapshot_index: int
+    log_bytes: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., shards: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerProgress, _Mapping]]] = ..., snapshot_index: _Optional[int] = ..., log_bytes: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("put", "get", "delete", "cas")

@@ -86,6 +86,19 @@ class StreamAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SnapshotChunk(_message.Message):
+    __slots__ = ("term", "data")
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    data: bytes
+    def __init__(self, term: _Optional[int] = ..., data: _Optional[bytes] = ..., **kwargs) -> None: ...
+
+class SnapshotAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Command(_message.Message):
     __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]

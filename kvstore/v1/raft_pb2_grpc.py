@@ -39,6 +39,11 @@ class RaftPeerStub:
                 request_serializer=kvstore_dot_v1_dot_raft__pb2.MessageBatch.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_raft__pb2.StreamAck.FromString,
                 _registered_method=True)
+        self.InstallSnapshot = channel.stream_unary(
+                '/kvstore.v1.RaftPeer/InstallSnapshot',
+                request_serializer=kvstore_dot_v1_dot_raft__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_raft__pb2.SnapshotAck.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServicer:
@@ -52,6 +57,13 @@ class RaftPeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallSnapshot(self, request_iterator, context):
+        """A follower too far behind (or with a wiped data dir) gets the leader's state machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +71,11 @@ def add_RaftPeerServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=kvstore_dot_v1_dot_raft__pb2.MessageBatch.FromString,
                     response_serializer=kvstore_dot_v1_dot_raft__pb2.StreamAck.SerializeToString,
+            ),
+            'InstallSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.InstallSnapshot,
+                    request_deserializer=kvstore_dot_v1_dot_raft__pb2.SnapshotChunk.FromString,
+                    response_serializer=kvstore_dot_v1_dot_raft__pb2.SnapshotAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +105,33 @@ class RaftPeer:
             '/kvstore.v1.RaftPeer/Stream',
             kvstore_dot_v1_dot_raft__pb2.MessageBatch.SerializeToString,
             kvstore_dot_v1_dot_raft__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kvstore.v1.RaftPeer/InstallSnapshot',
+            kvstore_dot_v1_dot_raft__pb2.SnapshotChunk.SerializeToString,
+            kvstore_dot_v1_dot_raft__pb2.SnapshotAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,6 +11,7 @@ and any node still alive afterwards is killed by the PID in its cluster.json.
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +31,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture
 def start_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartCluster]:
-    """Factory: start_cluster(nodes=3) -> a running Cluster; all are stopped at teardown."""
+    """Factory: start_cluster(nodes=3, settings=None) -> a running Cluster (settings: serve
+    options of a cluster definition, e.g. {"snapshot_entries": 50}); all are stopped at
+    teardown."""
     started: list[Cluster] = []
 
-    def start(nodes: int = 3) -> Cluster:
+    def start(nodes: int = 3, settings: dict[str, object] | None = None) -> Cluster:
         directory = tmp_path / f"cluster{len(started)}"
         last = ""
         for _ in range(3):  # another process may take a port between choosing and binding
             base = free_port_range(nodes)
             cluster = Cluster(directory, base, nodes, tmp_path)
             started.append(cluster)
+            if settings:
+                definition = tmp_path / f"cluster{len(started)}.json"
+                definition.write_text(json.dumps({
+                    "name": "test", "host": "127.0.0.1", "settings": settings,
+                    "nodes": [{"id": f"n{i + 1}", "port": base + i} for i in range(nodes)],
+                }))
+                layout_args = ["--config", str(definition)]
+            else:
+                layout_args = ["--nodes", str(nodes), "--base-port", str(base)]
             result = run_cli(
-                "cluster", "up", "--nodes", str(nodes), "--base-port", str(base),
-                "--dir", str(directory), cwd=tmp_path, timeout=60,
+                "cluster", "up", *layout_args, "--dir", str(directory), cwd=tmp_path, timeout=60,
             )  # fmt: skip
             if result.returncode == 0:
                 return cluster
