@@ -276,10 +276,15 @@ def _print_status(
     if as_json:
         click.echo(json.dumps({"nodes": [n.to_json() for n in nodes]}))
         return
-    header = ["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER"]
+    header = ["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER", "SNAPSHOT",
+              "LOG", "LOG_SIZE"]
     rows = []
     for n in nodes:
-        row = [n.id, n.address, n.role, n.term, n.commit_index, n.applied_index, n.leader_id]
+        log_entries = (None if n.last_log_index is None or n.snapshot_index is None
+                       else n.last_log_index - n.snapshot_index)
+        size = None if n.log_bytes is None else _human_bytes(n.log_bytes)
+        row = [n.id, n.address, n.role, n.term, n.commit_index, n.applied_index, n.leader_id,
+               n.snapshot_index, log_entries, size]
         rows.append(["-" if v is None or v == "" else str(v) for v in row])
     if pids is not None:
         header.append("PID")
@@ -289,6 +294,18 @@ def _print_status(
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for n in nodes:
+        if n.followers:
+            progress = ", ".join(f"{f.id} match {f.match_index} lag {f.lag}" for f in n.followers)
+            click.echo(f"followers of {n.id}: {progress}")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
 
 
 # --------------------------------------------------------------------------- serve

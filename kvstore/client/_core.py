@@ -360,9 +360,14 @@ class NodeStatus:
     reachable: bool
     leader_address: str | None = None
     error: str | None = None
+    snapshot_index: int | None = None  # the log holds entries after this index only
+    last_log_index: int | None = None
+    log_bytes: int | None = None
+    followers: tuple[FollowerProgress, ...] = ()  # reported by the leader only
 
     def to_json(self) -> dict[str, Any]:
-        """The fields of the `status --json` contract, in contract order."""
+        """The fields of the `status --json` contract, in contract order, then the
+        operator's extras (log size, snapshot index, follower progress)."""
         return {
             "id": self.id,
             "address": self.address,
@@ -372,7 +377,22 @@ class NodeStatus:
             "applied_index": self.applied_index,
             "leader_id": self.leader_id,
             "reachable": self.reachable,
+            "snapshot_index": self.snapshot_index,
+            "last_log_index": self.last_log_index,
+            "log_bytes": self.log_bytes,
+            "followers": [
+                {"id": f.id, "match_index": f.match_index, "lag": f.lag} for f in self.followers
+            ],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerProgress:
+    """How far a follower's log matches the leader's; `lag` entries are still to go."""
+
+    id: str
+    match_index: int
+    lag: int
 
 
 @dataclass(frozen=True)
@@ -678,6 +698,7 @@ class ClientCore:
 
     @staticmethod
     def node_status(endpoint: str, response: Any) -> NodeStatus:
+        last = response.last_log_index
         return NodeStatus(
             id=response.id or None,
             address=endpoint,
@@ -688,6 +709,13 @@ class ClientCore:
             leader_id=response.leader_id or None,
             reachable=True,
             leader_address=response.leader_address or None,
+            snapshot_index=response.snapshot_index,
+            last_log_index=response.last_log_index,
+            log_bytes=response.log_bytes,
+            followers=tuple(
+                FollowerProgress(p.id, p.match_index, max(0, last - p.match_index))
+                for p in response.peers
+            ),
         )
 
     @staticmethod

@@ -126,16 +126,22 @@ def test_status_json(cluster: Cluster) -> None:
         assert [n["id"] for n in nodes] == cluster.ids
         assert [n["address"] for n in nodes] == cluster.endpoints
         for node in nodes:
-            assert set(node) == STATUS_FIELDS
+            assert set(node) >= STATUS_FIELDS  # the contract's fields, plus operator extras
             assert node["reachable"] is True
             assert node["role"] in ("leader", "follower")
             assert node["leader_id"] == leader
             assert node["applied_index"] <= node["commit_index"]
         assert [n["id"] for n in nodes if n["role"] == "leader"] == [leader]
-    human = cluster.ok("status").splitlines()
-    assert len(human) == 1 + len(cluster.ids)
-    assert all(node_id in "\n".join(human) for node_id in cluster.ids)
-    assert len(cluster.ok("cluster", "status").splitlines()) == 1 + len(cluster.ids)
+        (leader_node,) = [n for n in nodes if n["role"] == "leader"]
+        assert sorted(f["id"] for f in leader_node["followers"]) == sorted(
+            n for n in cluster.ids if n != leader)
+    for args in (("status",), ("cluster", "status")):
+        human = cluster.ok(*args).splitlines()
+        table = [line for line in human if not line.startswith("followers of")]
+        assert len(table) == 1 + len(cluster.ids)
+        assert all(node_id in "\n".join(table) for node_id in cluster.ids)
+        assert "SNAPSHOT" in table[0] and "LOG_SIZE" in table[0]
+        assert any(line.startswith(f"followers of {leader}: ") for line in human)
 
 
 # --------------------------------------------------------------------------- failures
