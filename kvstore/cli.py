@@ -513,5 +513,18 @@ def cluster_start(node_id: str, timeout: float, directory: str) -> None:
     click.echo(f"started {record.id} (pid {record.pid}) on {record.address}")
 
 
+@cluster.command("resync")
+@click.argument("node_id")
+@_timeout_option(DEFAULT_UP_TIMEOUT)
+@_dir_option
+def cluster_resync(node_id: str, timeout: float, directory: str) -> None:
+    """Rebuild one node from the leader (e.g. after it refused to start on damaged data):
+    its data dir is moved aside, and it restarts empty and receives a snapshot."""
+    moved, record = _manager(directory).resync(node_id, timeout=timeout)
+    click.echo(f"moved {record.id}'s old data to {moved}")
+    click.echo(f"started {record.id} (pid {record.pid}) on {record.address}; "
+               "it catches up from the leader")
+
+
 if __name__ == "__main__":
     main()

@@ -256,6 +256,25 @@ class ClusterManager:
             state = load_state(self.dir)
             return self._stop_nodes(state, state.nodes, kill=False, grace=grace)
 
+    def resync(self, node_id: str, timeout: float = DEFAULT_UP_TIMEOUT) -> tuple[str, NodeRecord]:
+        """Rebuild one node from the leader: stop it, move its data dir aside (kept as
+        evidence), start it on an empty data dir marked RESYNC; it then receives a
+        snapshot and the log tail. Returns (where the old data went, the new record)."""
+        load_state(self.dir).node(node_id)
+        with self._locked():
+            state = load_state(self.dir)
+            record = state.node(node_id)
+            if node_running(record):
+                self._stop_nodes(state, [record], kill=False, grace=DEFAULT_STOP_GRACE)
+            data_dir = Path(record.data_dir)
+            moved = data_dir.with_name(f"{data_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            if data_dir.exists():
+                data_dir.rename(moved)
+            data_dir.mkdir(parents=True)
+            (data_dir / "RESYNC").write_text("rebuild this node from the leader\n")
+            state.save()
+        return str(moved), self.start(node_id, timeout=timeout)
+
     def start(self, node_id: str, timeout: float = DEFAULT_UP_TIMEOUT) -> NodeRecord:
         """Restart one stopped node on its existing data; returns once it answers Status."""
         load_state(self.dir).node(node_id)

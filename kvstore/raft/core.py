@@ -47,6 +47,9 @@ class RaftConfig:
     pre_vote: bool = True
     check_quorum: bool = True
     applied: int = 0  # what the state machine has already applied (from its own storage)
+    # A node resynced from an empty data dir has forgotten its term and vote; until it hears
+    # from a leader it neither campaigns nor votes, so it can never vote twice in one term.
+    passive_until_contact: bool = False
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Raft:
         self._pending_reads: list[_PendingRead] = []
         self._read_round = 0
         self._read_round_wanted = False
+        self.passive = config.passive_until_contact
         self._reset_timeout()
 
     # -- helpers ---------------------------------------------------------------------
@@ -201,7 +205,7 @@ class Raft:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_timeout:
+            if self.election_elapsed >= self.randomized_timeout and not self.passive:
                 self.election_elapsed = 0
                 self._reset_timeout()
                 self._campaign(pre=self.cfg.pre_vote)
@@ -360,7 +364,7 @@ class Raft:
             self._step_follower(m)
 
     def _handle_vote_request(self, m: Message) -> None:
-        can_vote = (
+        can_vote = not self.passive and (
             self.vote == m.src
             or (self.vote == "" and self.leader == "")
             or (m.type == MT.PRE_VOTE and m.term > self.term)
@@ -387,6 +391,9 @@ class Raft:
             self._step_follower(m)
 
     def _step_follower(self, m: Message) -> None:
+        if self.passive and m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
+            self.passive = False
+            self._log_event(f"heard from leader {m.src}: may vote and campaign again")
         if m.type == MT.APP:
             self.election_elapsed = 0
             self.leader = m.src
@@ -427,6 +434,13 @@ class Raft:
             ack = snap.index
         self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=ack))
 
+    def report_unreachable(self, peer: str) -> None:
+        """The runtime dropped messages to `peer`: optimistic replication may have a gap
+        that only a probe reveals (etcd's ReportUnreachable)."""
+        pr = self.prs.get(peer) if self.role == Role.LEADER else None
+        if pr is not None and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+
     def report_snapshot(self, peer: str, index: int | None) -> None:
         """The runtime finished streaming a snapshot up to `index` to `peer` (None: failed)."""
         pr = self.prs.get(peer) if self.role == Role.LEADER else None
@@ -444,6 +458,14 @@ class Raft:
             return
         if m.type == MT.APP_RESP:
             pr.recent_active = True
+            if m.reject and m.reject_hint < pr.match:
+                # The follower's log is shorter than what it acknowledged: its data dir was
+                # rebuilt (`kvstore cluster resync`), or this answer is stale. Either way,
+                # probe again from what it holds now; commit never depends on this going down.
+                pr.match = m.reject_hint
+                pr.become_probe()
+                self._send_append(m.src)
+                return
             if m.reject:
                 probe = m.reject_hint
                 if m.hint_term > 0:

@@ -42,6 +42,10 @@ class RawNode:
         """Propose a batch; returns (index of the first entry, term). Raises NotLeader."""
         return self.raft.propose(payloads)
 
+    def report_unreachable(self, peer: str) -> None:
+        """Messages to `peer` were lost in transit; replication to it restarts with a probe."""
+        self.raft.report_unreachable(peer)
+
     def report_snapshot(self, peer: str, index: int | None) -> None:
         """Streaming a snapshot to `peer` finished: it covered up to `index`, or failed."""
         self.raft.report_snapshot(peer, index)

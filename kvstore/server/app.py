@@ -16,11 +16,14 @@ from kvstore.server.config import NodeConfig
 from kvstore.server.kv_service import KVService
 from kvstore.server.node import NodeDriver
 from kvstore.server.transport import GRPC_OPTIONS, PeerTransport, RaftPeerService
-from kvstore.storage.errors import StorageError
+from kvstore.storage.errors import CorruptLogError, StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
 from kvstore.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2_grpc
 
 log = logging.getLogger("kvstore.server")
+
+# A file in an (empty) data dir: the node was wiped to be rebuilt from the leader.
+RESYNC_MARKER = "RESYNC"
 
 
 class StartupError(Exception):
@@ -41,8 +44,17 @@ async def _serve(config: NodeConfig) -> None:
     os.makedirs(config.data_dir, exist_ok=True)
     try:
         store = LmdbNodeStore.open(config.data_dir, shards=config.shards, vnodes=config.vnodes)
+    except CorruptLogError as err:
+        raise StartupError(
+            f"{err}. To rebuild this node from the leader, run `kvstore cluster resync "
+            f"{config.node_id}` (or move the data dir aside, create it empty with a file "
+            f"named {RESYNC_MARKER} in it, and start the node again)") from None
     except StorageError as err:
         raise StartupError(str(err)) from None
+    marker = os.path.join(config.data_dir, RESYNC_MARKER)
+    resync = os.path.exists(marker)
+    if resync:
+        log.warning("resyncing: this node will not vote or campaign until a leader reaches it")
     transport = PeerTransport(config.peers)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     driver = NodeDriver(
@@ -57,7 +69,9 @@ async def _serve(config: NodeConfig) -> None:
         snapshot_entries=config.snapshot_entries,
         send_snapshot=lambda peer, path, term: transport.send_snapshot(
             peer, path, config.node_id, term),
+        resync_marker=marker if resync else None,
     )
+    transport.on_drop = driver.report_unreachable
     server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(config, driver, store), server)
     raft_pb2_grpc.add_RaftPeerServicer_to_server(

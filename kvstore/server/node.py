@@ -76,6 +76,7 @@ class NodeDriver:
         snapshot_dir: str = "",
         snapshot_entries: int = 10_000,
         send_snapshot: SendSnapshot | None = None,
+        resync_marker: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -89,12 +90,15 @@ class NodeDriver:
         self._snapshots_out: dict[str, asyncio.Task[None]] = {}
         self._snapshot_reports: list[tuple[str, int | None]] = []
         self._staged: dict[SnapshotMeta, bytes] = {}
+        self._unreachable: list[str] = []
         cfg = RaftConfig(
             node_id=node_id,
             voters=tuple(voters),
             election_ticks=election_ticks,
             applied=store.applied_index(),
+            passive_until_contact=resync_marker is not None,
         )
+        self._resync_marker = resync_marker
         self.raw = RawNode(cfg, store, rng, logger=log.info)
         self.role = Role.FOLLOWER
         self.leader = ""
@@ -138,6 +142,12 @@ class NodeDriver:
         self._wake.set()
         return fut
 
+    def report_unreachable(self, peer: str) -> None:
+        """The transport lost messages to `peer` (called on the event loop)."""
+        if peer not in self._unreachable:
+            self._unreachable.append(peer)
+            self._wake.set()
+
     def deliver_snapshot(self, src: str, term: int, data: bytes) -> None:
         """A complete snapshot arrived from `src` (leader of `term`); raises ValueError if
         it is damaged. The core decides whether to install it."""
@@ -173,6 +183,11 @@ class NodeDriver:
                     rd = self.raw.ready()
                     await self._carry_out(rd)
                     self.raw.advance(rd)
+                    if self._resync_marker is not None and not self.raw.raft.passive:
+                        # A leader reached us and what it told us is on disk: from now on
+                        # the data dir is an ordinary member's.
+                        os.unlink(self._resync_marker)
+                        self._resync_marker = None
                 await self._maybe_compact()
         finally:
             ticker.cancel()
@@ -191,6 +206,9 @@ class NodeDriver:
         reports, self._snapshot_reports = self._snapshot_reports, []
         for peer, index in reports:
             raw.report_snapshot(peer, index)
+        lost, self._unreachable = self._unreachable, []
+        for peer in lost:
+            raw.report_unreachable(peer)
         props, self._proposals = self._proposals, []
         props = [p for p in props if not p.future.done()]
         if props:

@@ -34,9 +34,11 @@ MAX_SNAPSHOT_BYTES = 8 << 30
 
 
 class PeerSender:
-    def __init__(self, peer_id: str, address: str) -> None:
+    def __init__(self, peer_id: str, address: str,
+                 on_drop: Callable[[str], None] | None = None) -> None:
         self.peer_id = peer_id
         self.address = address
+        self._on_drop = on_drop
         self.queue: asyncio.Queue[raft_pb2.MessageBatch] = asyncio.Queue(_QUEUE_LIMIT)
         self.dropped = 0
         self.blocked = False  # fault injection: drop everything to this peer
@@ -53,13 +55,19 @@ class PeerSender:
             except asyncio.CancelledError:
                 pass
 
+    def _dropped(self, n: int = 1) -> None:
+        self.dropped += n
+        if self._on_drop is not None:
+            self._on_drop(self.peer_id)
+
     def enqueue(self, batch: raft_pb2.MessageBatch) -> None:
         if self.blocked:
+            self._dropped()
             return
         try:
             self.queue.put_nowait(batch)
         except asyncio.QueueFull:
-            self.dropped += 1
+            self._dropped()
 
     async def _batches(self) -> AsyncIterator[raft_pb2.MessageBatch]:
         while True:
@@ -89,18 +97,28 @@ class PeerSender:
                 log.debug("stream to %s ended: %s", self.peer_id, err.code())
             finally:
                 await channel.close()
-            # Drop what piled up while the peer was unreachable; Raft resends.
+            # Drop what piled up while the peer was unreachable (and the batch the broken
+            # stream may have swallowed); Raft resends once told.
+            n = 0
             while not self.queue.empty():
                 self.queue.get_nowait()
-                self.dropped += 1
+                n += 1
+            self._dropped(n)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 
 
 class PeerTransport:
     def __init__(self, peers: dict[str, str]) -> None:
-        self.senders = {pid: PeerSender(pid, addr) for pid, addr in peers.items()}
+        self.senders = {pid: PeerSender(pid, addr, self._report_drop)
+                        for pid, addr in peers.items()}
+        # Told when messages to a peer were lost, so replication to it re-probes.
+        self.on_drop: Callable[[str], None] | None = None
         self.drop_from: set[str] = set()  # fault injection: ignore messages from these
+
+    def _report_drop(self, peer_id: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(peer_id)
 
     def set_faults(self, drop_to: set[str], drop_from: set[str]) -> None:
         for pid, sender in self.senders.items():
