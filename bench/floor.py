@@ -68,6 +68,25 @@ class FloorKV(kv_pb2_grpc.KVServicer):
                              ) -> kv_pb2.CompareAndSwapResponse:
         return kv_pb2.CompareAndSwapResponse(header=self.header, succeeded=True)
 
+    async def Batch(self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext
+                    ) -> kv_pb2.BatchResponse:
+        """The same answers, many per call, as the coalescing AsyncKVClient sends them."""
+        results = []
+        for op in request.ops:
+            kind = op.WhichOneof("op")
+            if kind == "get":
+                results.append(kv_pb2.OpResult(get=kv_pb2.GetResponse(
+                    header=self.header, found=True, value=READ_VALUE)))
+            elif kind == "put":
+                results.append(kv_pb2.OpResult(put=kv_pb2.PutResponse(header=self.header)))
+            elif kind == "delete":
+                results.append(kv_pb2.OpResult(delete=kv_pb2.DeleteResponse(
+                    header=self.header, existed=True)))
+            else:
+                results.append(kv_pb2.OpResult(cas=kv_pb2.CompareAndSwapResponse(
+                    header=self.header, succeeded=True)))
+        return kv_pb2.BatchResponse(results=results)
+
     async def Status(self, request: kv_pb2.StatusRequest, context: grpc.aio.ServicerContext
                      ) -> kv_pb2.StatusResponse:
         return kv_pb2.StatusResponse(id=NODE_ID, address=self.address, role="leader", term=1,

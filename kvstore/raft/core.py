@@ -307,8 +307,11 @@ class Raft:
                                context=self._read_round))
 
     def _send_append(self, to: str) -> None:
-        """Send what `to` lacks; in REPLICATE an empty append goes out only to carry a
-        commit index it has not been sent yet, so followers apply promptly."""
+        """Send what `to` lacks. In REPLICATE nothing goes out when it lacks nothing: a new
+        commit index reaches followers with the next append or heartbeat (at most one tick
+        later), not in a message of its own. A Python gRPC message costs far more than the
+        Raft work it carries, and such empty appends would double the messages, answers
+        and follower transactions of every commit."""
         pr = self.prs[to]
         if pr.is_paused():
             return
@@ -322,12 +325,10 @@ class Raft:
             self._send(Message(MT.SNAP, self.id, to, self.term))
             return
         entries = self.log.entries(pr.next, self.log.last_index() + 1, self.cfg.max_msg_bytes)
-        commit = self.log.committed
-        if not entries and pr.state == ProgressState.REPLICATE and commit <= pr.commit_sent:
+        if not entries and pr.state == ProgressState.REPLICATE:
             return
-        pr.commit_sent = max(pr.commit_sent, commit)
         self._send(Message(MT.APP, self.id, to, self.term, log_term=prev_term, index=prev,
-                           entries=tuple(entries), commit=commit))
+                           entries=tuple(entries), commit=self.log.committed))
         pr.sent(entries[-1].index if entries else prev)
 
     # -- stepping messages ---------------------------------------------------------------

@@ -21,6 +21,7 @@ def test_single_election_gives_one_leader_and_noop():
     c.elect("n1")
     assert c.leaders() == ["n1"]
     assert {c.nodes[i].raft.term for i in c.ids} == {1}
+    c.tick_all(1)  # followers learn the commit index from the next heartbeat
     # The no-op of term 1 is committed and applied everywhere.
     for i in c.ids:
         assert [(e.index, e.type) for e in c.applied[i]] == [(1, EntryType.NOOP)]
@@ -93,6 +94,7 @@ def test_follower_truncates_conflicting_suffix():
     c.stabilize()
     c.nodes[c.leaders()[0]].propose([b"after"])
     c.stabilize()
+    c.tick_all(1)
     for i in c.ids:
         assert c.data(i)[-2:] == [b"kept", b"after"]
     logs = {i: [(e.index, e.term) for e in c.storage[i].log] for i in c.ids}
