@@ -486,10 +486,14 @@ class Raft:
         elif m.type == MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
-            if pr.state == ProgressState.REPLICATE and pr.is_paused():
-                # Appends may have been lost; let one more through so a gap shows up as
-                # a rejection and the follower drops back to probing.
-                pr.inflight.popleft()
+            behind = pr.match < self.log.last_index()
+            if pr.state == ProgressState.REPLICATE and behind and pr.match == pr.match_at_heartbeat:
+                # Entries are outstanding and the follower acknowledged nothing for a whole
+                # heartbeat interval: appends or their answers were lost, and an optimistic
+                # `next` would never show the gap. Probe again from match + 1 (found by
+                # tests/sim; Raft must not rely on the transport noticing loss).
+                pr.become_probe()
+            pr.match_at_heartbeat = pr.match
             if m.context > pr.read_ack:
                 pr.read_ack = m.context
                 self._release_reads()

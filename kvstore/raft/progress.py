@@ -19,7 +19,7 @@ class ProgressState(IntEnum):
 
 class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflight", "max_inflight",
-                 "recent_active", "read_ack")
+                 "recent_active", "read_ack", "match_at_heartbeat")
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match = 0
@@ -30,6 +30,7 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         self.read_ack = 0  # highest ReadIndex round this peer has answered
+        self.match_at_heartbeat = 0  # match when the previous heartbeat answer came in
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE

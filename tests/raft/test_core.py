@@ -8,6 +8,7 @@ import pytest
 
 from kvstore.raft.core import RaftConfig
 from kvstore.raft.errors import NotLeader
+from kvstore.raft.progress import ProgressState
 from kvstore.raft.rawnode import RawNode
 from kvstore.raft.storage import MemoryStorage
 from kvstore.raft.types import Entry, EntryType, HardState, Message, MessageType, Role
@@ -473,7 +474,7 @@ def test_leader_re_replicates_to_a_follower_whose_data_was_wiped():
     assert c.data("n3")[-1] == b"after"
 
 
-def test_lost_append_is_resent_after_the_runtime_reports_the_peer_unreachable():
+def test_runtime_reported_loss_sends_replication_back_to_probing():
     c = Cluster(3)
     c.elect("n1")
     c.nodes["n1"].propose([b"a"])
@@ -482,8 +483,8 @@ def test_lost_append_is_resent_after_the_runtime_reports_the_peer_unreachable():
     c.nodes["n1"].propose([b"lost-for-n3"])
     c.stabilize()
     c.cut.clear()
-    c.tick_all(3)  # heartbeats alone do not reveal the gap: n3's next is optimistic
-    assert c.data("n3") == [b"a"]
+    assert c.nodes["n1"].raft.prs["n3"].state == ProgressState.REPLICATE
     c.nodes["n1"].report_unreachable("n3")
+    assert c.nodes["n1"].raft.prs["n3"].state == ProgressState.PROBE
     c.tick_all(2)
     assert c.data("n3") == [b"a", b"lost-for-n3"]

@@ -1,0 +1,309 @@
+"""Simulated clients: the real client core's retry policy, driven by the virtual clock.
+
+kvstore.client._core is sans-I/O: it decides which node to try, how long an attempt may
+take, when to back off, which write id a write carries (the same on every retry), and
+whether a failed write "may have been applied". The simulated client only performs the I/O
+it asks for (an RPC through SimService, or a wait) - exactly what the real KVClient does -
+so the simulation tests the real policy, not a copy of it.
+
+Each client is one sequential process of the history: invoke, then ok / fail / unknown.
+A write whose call failed with maybe_applied=True is "unknown" (it may take effect at any
+later time, or never); with maybe_applied=False it is "fail" and, as a promise to check,
+must never be applied. Stale reads are not linearizable and are kept apart with the node
+and applied index that served them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from kvstore.client._core import Backoff, Call, ClientCore, GetResult, RpcFailure
+from kvstore.client.errors import KVError
+from kvstore.lincheck import Handle, HistoryRecorder
+from tests.sim.service import SimService, endpoint_of
+from tests.sim.world import US_PER_MS, US_PER_S, World
+
+
+def _us(seconds: float) -> int:
+    return max(0, int(round(seconds * US_PER_S)))
+
+
+@dataclass
+class Workload:
+    """What the clients do; per-seed values come from the runner."""
+
+    keys: tuple[bytes, ...]
+    think_us: tuple[int, int] = (0, 20 * US_PER_MS)
+    # relative weights of put, delete, cas, linearizable get, stale get
+    mix: tuple[int, int, int, int, int] = (30, 8, 22, 28, 12)
+    timeout_s: float = 1.0
+    attempt_timeout_s: float = 0.25
+
+
+@dataclass(frozen=True)
+class StaleRead:
+    client: str
+    node: str
+    key: bytes
+    value: bytes | None
+    applied: int
+    time_us: int
+
+
+@dataclass
+class ClientLedger:
+    """Everything the clients observed, shared by all of them."""
+
+    history: HistoryRecorder
+    stale_reads: list[StaleRead] = field(default_factory=list)
+    acked_writes: list[tuple[bytes, int, str]] = field(default_factory=list)
+    failed_writes: list[tuple[bytes, int, str]] = field(default_factory=list)
+    last_values: dict[bytes, list[bytes | None]] = field(default_factory=dict)
+    completed: int = 0
+    ok: int = 0
+    unknown: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Pending:
+    desc: str
+    kind: str  # "put" | "delete" | "cas" | "get" | "stale"
+    key: bytes
+    call: Call[Any]
+    handle: Handle | None
+    value: bytes | None = None
+
+
+class SimClient:
+    def __init__(
+        self,
+        world: World,
+        rng: random.Random,
+        name: str,
+        node_ids: list[str],
+        service: SimService,
+        ledger: ClientLedger,
+        workload: Workload,
+    ) -> None:
+        self.world = world
+        self.rng = rng
+        self.name = name
+        self.node_ids = node_ids
+        self.service = service
+        self.ledger = ledger
+        self.workload = workload
+        endpoints = [endpoint_of(n) for n in node_ids]
+        rng.shuffle(endpoints)  # clients start from different nodes
+        self.core = ClientCore(
+            endpoints,
+            timeout=workload.timeout_s,
+            attempt_timeout=workload.attempt_timeout_s,
+            rng=random.Random(rng.getrandbits(64)),
+            client_id=name.encode(),
+        )
+        self._n = 0
+        self._pending: _Pending | None = None
+        self._attempt = 0  # id of the attempt whose answer or timeout is awaited; 0: none
+        self._script: list[tuple[str, bytes]] | None = None
+        self._on_idle: Callable[[], None] | None = None
+        self.stopping = False
+
+    # -- driving -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.world.schedule(self.rng.randint(*self.workload.think_us), self._next_op)
+
+    def run_script(self, ops: list[tuple[str, bytes]], on_done: Callable[[], None]) -> None:
+        """Run fixed operations in order (the final reads), then call on_done."""
+        self._script = list(ops)
+        self._on_idle = on_done
+        self.stopping = False
+        if self._pending is None:
+            self.world.schedule(0, self._next_op)
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def _next_op(self) -> None:
+        if self._pending is not None:
+            return
+        if self._script is not None:
+            if not self._script:
+                self._script = None
+                done, self._on_idle = self._on_idle, None
+                if done is not None:
+                    done()
+                return
+            kind, key = self._script.pop(0)
+        elif self.stopping:
+            return
+        else:
+            kind = self.rng.choices(("put", "delete", "cas", "get", "stale"),
+                                    self.workload.mix)[0]
+            key = self.rng.choice(self.workload.keys)
+        self._begin(kind, key)
+
+    def _begin(self, kind: str, key: bytes) -> None:
+        self._n += 1
+        core, rec, now = self.core, self.ledger.history, self.world.now_s
+        handle: Handle | None = None
+        value: bytes | None = None
+        if kind == "put":
+            value = f"{self.name}.{self._n}".encode()
+            handle = rec.invoke(self.name, key, "write", value=value)
+            op: Any = core.put(key, value)
+            desc = f"put {key.decode()}={value.decode()}"
+        elif kind == "delete":
+            handle = rec.invoke(self.name, key, "delete")
+            op = core.delete(key)
+            desc = f"delete {key.decode()}"
+        elif kind == "cas":
+            value = f"{self.name}.{self._n}".encode()
+            expected = self._pick_expected(key)
+            handle = rec.invoke(self.name, key, "cas", value=value, expected=expected)
+            op = core.cas(key, expected, value)
+            desc = f"cas {key.decode()} {_show(expected)}->{value.decode()}"
+        elif kind == "get":
+            handle = rec.invoke(self.name, key, "read")
+            op = core.get(key)
+            desc = f"get {key.decode()}"
+        else:
+            node = self.rng.choice(self.node_ids)
+            op = dataclasses.replace(core.get(key, stale=True), pinned=endpoint_of(node))
+            desc = f"stale-get {key.decode()}@{node}"
+        call = core.start(op, now)
+        if call.write_id is not None:
+            desc += f" (seq {call.write_id.seq})"
+        self._pending = _Pending(desc, kind, key, call, handle, value)
+        self.world.log(f"{self.name} invoke {desc}")
+        self._next_step()
+
+    def _pick_expected(self, key: bytes) -> bytes | None:
+        seen = self.ledger.last_values.get(key, [])
+        r = self.rng.random()
+        if seen and r < 0.7:
+            return seen[-1]
+        if seen and r < 0.85:
+            return self.rng.choice(seen)
+        return None
+
+    # -- one call --------------------------------------------------------------------------
+
+    def _next_step(self) -> None:
+        p = self._pending
+        assert p is not None
+        try:
+            step = p.call.next_step(self.world.now_s)
+        except KVError as err:
+            self._finish_error(err)
+            return
+        if isinstance(step, Backoff):
+            self.world.schedule(_us(step.seconds), self._next_step)
+            return
+        self._attempt += 1
+        attempt, endpoint = self._attempt, step.endpoint
+        self.service.call(endpoint, p.call.method, p.call.request,
+                          lambda answer: self._answer(attempt, endpoint, answer))
+        self.world.schedule(_us(step.timeout), self._attempt_timeout, attempt, endpoint)
+
+    def _answer(self, attempt: int, endpoint: str, answer: Any) -> None:
+        if attempt != self._attempt or self._pending is None:
+            return  # a late answer to an attempt the client already gave up on
+        self._attempt += 1
+        if isinstance(answer, RpcFailure):
+            self._failed(endpoint, answer)
+            return
+        result = self._pending.call.on_success(endpoint, answer)
+        self._finish_ok(endpoint, result)
+
+    def _attempt_timeout(self, attempt: int, endpoint: str) -> None:
+        if attempt != self._attempt or self._pending is None:
+            return
+        self._attempt += 1
+        self._failed(endpoint, RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                          "Deadline Exceeded"))
+
+    def _failed(self, endpoint: str, failure: RpcFailure) -> None:
+        p = self._pending
+        assert p is not None
+        self.world.log(f"{self.name} attempt at {endpoint} failed: {failure.describe()}")
+        err = p.call.on_failure(endpoint, failure, self.world.now_s)
+        if err is not None:
+            self._finish_error(err)
+        else:
+            self._next_step()
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _finish_ok(self, endpoint: str, result: Any) -> None:
+        p = self._pending
+        assert p is not None
+        led = self.ledger
+        led.completed += 1
+        led.ok += 1
+        wid = p.call.write_id
+        if wid is not None:
+            led.acked_writes.append((wid.client_id, wid.seq, p.desc))
+        seen = led.last_values.setdefault(p.key, [])
+        if p.kind == "stale":
+            assert isinstance(result, GetResult)
+            led.stale_reads.append(StaleRead(self.name, result.node, p.key, result.value,
+                                             result.applied_index, self.world.now))
+            out = f"{_show(result.value)} @{result.node}/{result.applied_index}"
+        elif p.kind == "get":
+            assert isinstance(result, GetResult) and p.handle is not None
+            led.history.ok(p.handle, result.value)
+            seen.append(result.value)
+            out = f"{_show(result.value)} @{result.node}/{result.applied_index}"
+        else:
+            assert p.handle is not None
+            led.history.ok(p.handle, result)
+            if p.kind == "put" or (p.kind == "cas" and result):
+                seen.append(p.value)
+            elif p.kind == "delete":
+                seen.append(None)
+            out = repr(result)
+        self.world.log(f"{self.name} ok {p.desc} -> {out} via {endpoint}")
+        self._done()
+
+    def _finish_error(self, err: KVError) -> None:
+        p = self._pending
+        assert p is not None
+        led = self.ledger
+        led.completed += 1
+        wid = p.call.write_id
+        if p.handle is not None:
+            if wid is not None and err.maybe_applied:
+                led.history.unknown(p.handle)
+                led.unknown += 1
+                verdict = "UNKNOWN"
+            else:
+                led.history.fail(p.handle)
+                led.failed += 1
+                verdict = "FAIL"
+                if wid is not None:
+                    led.failed_writes.append((wid.client_id, wid.seq, p.desc))
+        else:
+            led.failed += 1
+            verdict = "FAIL"
+        self.world.log(f"{self.name} {verdict} {p.desc}: {type(err).__name__}")
+        self._done()
+
+    def _done(self) -> None:
+        self._pending = None
+        if self._script is not None:
+            self.world.schedule(0, self._next_op)
+        elif not self.stopping:
+            self.world.schedule(self.rng.randint(*self.workload.think_us), self._next_op)
+
+
+def _show(value: bytes | None) -> str:
+    return "<absent>" if value is None else value.decode()

@@ -1,0 +1,381 @@
+"""Safety invariants, checked incrementally after every simulated step.
+
+Raft's guarantees (thesis figure 3.2) plus what the store promises on top of them:
+
+* Election Safety: at most one leader per term (and, underneath it, Vote Uniqueness: a
+  node never grants its vote to two candidates in one term, nor changes a durable vote).
+* Log Matching, over durable logs: two logs holding an entry with the same index and term
+  are identical up to it. Each durable log keeps a chain hash per index (h_i = H(h_{i-1},
+  entry_i)), so one dict lookup per written entry compares whole prefixes.
+* Commit durability: when a leader advances its commit index, a majority of nodes hold
+  that entry on disk (what "committed" means; acknowledging before fsync breaks it).
+* Commit agreement and Leader Completeness: every node's committed prefix agrees with the
+  cluster's; an entry committed in term t is in the log of every leader of a term > t. The
+  commit term is taken as the term of the first node seen committing it - never lower than
+  the true one, so the check cannot raise a false alarm.
+* State Machine Safety: no two nodes apply different entries, or get different results,
+  at one index.
+* Monotonicity: commit and applied never go back on a live node; the durable applied index
+  and term never go back at all (a restart included).
+* At-most-once: each (client_id, seq) is applied at most once per node.
+
+A violation raises Violation; the runner adds the seed and the trace.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from kvstore.raft.types import Entry, EntryType, HardState, Message, MessageType, Role
+from kvstore.state import commands
+from kvstore.state.commands import ApplyResult, CommandDecodeError
+from kvstore.storage.memory_store import MemoryNodeStore
+from tests.sim.node import SimNode
+
+_HEADER = struct.Struct(">QQB")
+
+
+class Violation(Exception):
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+@dataclass
+class _Committed:
+    entry: Entry
+    commit_term: int  # an upper bound of the term in which it was committed
+    first_by: str
+
+
+@dataclass
+class _NodeView:
+    incarnation: int = -1
+    committed: int = 0
+    applied: int = 0
+    checked_commit: int = 0
+    role: Role = Role.FOLLOWER
+    term: int = 0
+    committed_as_leader: int = 0
+
+
+def _entry_text(e: Entry | None) -> str:
+    if e is None:
+        return "<none>"
+    if e.type == EntryType.NOOP:
+        return f"{e.index}/t{e.term} noop"
+    return f"{e.index}/t{e.term} {e.data.hex()[:24]}"
+
+
+class Invariants:
+    def __init__(self, nodes: dict[str, SimNode], log: Callable[[str], None]) -> None:
+        self.nodes = nodes
+        self._log = log
+        self.ids = sorted(nodes)
+        self.leaders: dict[int, str] = {}  # term -> leader
+        self.votes: dict[tuple[str, int], str] = {}  # (voter, term) -> candidate
+        self.chains: dict[str, list[bytes]] = {n: [] for n in self.ids}
+        self.prefix: dict[tuple[int, int], tuple[bytes, str]] = {}
+        self.durable_hs: dict[str, HardState] = {n: HardState() for n in self.ids}
+        self.durable_applied: dict[str, int] = {n: 0 for n in self.ids}
+        self.committed: list[_Committed] = []
+        self.applied: list[tuple[Entry, ApplyResult]] = []
+        self.applications: dict[str, Counter[tuple[bytes, int]]] = {
+            n: Counter() for n in self.ids}
+        self.views: dict[str, _NodeView] = {n: _NodeView() for n in self.ids}
+        self.elections = 0
+        self.checks = 0
+
+    # -- durable writes ----------------------------------------------------------------
+
+    def on_persist(
+        self,
+        node_id: str,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        committed: Sequence[Entry],
+        results: list[ApplyResult],
+    ) -> None:
+        store = self.nodes[node_id].disk.store
+        if entries:
+            self._durable_entries(node_id, entries)
+        if len(self.chains[node_id]) != store.last_index():
+            raise Violation("Durable log", f"{node_id}: the store's log length "
+                            f"{store.last_index()} disagrees with what was written")
+        if hard_state is not None:
+            self._durable_hard_state(node_id, hard_state)
+        applied = store.applied_index()
+        if applied < self.durable_applied[node_id]:
+            raise Violation("Applied monotonicity", f"{node_id}: durable applied index went "
+                            f"back from {self.durable_applied[node_id]} to {applied}")
+        self.durable_applied[node_id] = applied
+        if results:
+            by_index = {e.index: e for e in committed}
+            for r in results:
+                self._applied(node_id, by_index[r.index], r)
+
+    def _durable_entries(self, node_id: str, entries: Sequence[Entry]) -> None:
+        chain = self.chains[node_id]
+        del chain[entries[0].index - 1:]
+        prev = chain[-1] if chain else b""
+        for e in entries:
+            h = hashlib.blake2b(prev + _HEADER.pack(e.term, e.index, int(e.type)) + e.data,
+                                digest_size=16).digest()
+            chain.append(h)
+            prev = h
+            key = (e.index, e.term)
+            seen = self.prefix.get(key)
+            if seen is None:
+                self.prefix[key] = (h, node_id)
+            elif seen[0] != h:
+                raise Violation("Log Matching", self._log_mismatch(node_id, seen[1], e))
+
+    def _log_mismatch(self, a: str, b: str, e: Entry) -> str:
+        la = self.nodes[a].disk.store
+        lb = self.nodes[b].disk.store
+        first_diff = None
+        for i in range(1, min(e.index, la.last_index(), lb.last_index()) + 1):
+            if la.entries(i, i + 1) != lb.entries(i, i + 1):
+                first_diff = i
+                break
+        where = (f"they differ first at index {first_diff}: {a} has "
+                 f"{_entry_text(la.entries(first_diff, first_diff + 1)[0])}, {b} has "
+                 f"{_entry_text(lb.entries(first_diff, first_diff + 1)[0])}"
+                 if first_diff is not None else
+                 f"{b}'s log no longer holds the prefix it had when it wrote that entry")
+        return (f"{a} durably wrote entry {e.index} (term {e.term}), which {b} also wrote, "
+                f"but the logs up to it are not identical; {where}")
+
+    def _durable_hard_state(self, node_id: str, hs: HardState) -> None:
+        old = self.durable_hs[node_id]
+        if hs.term < old.term:
+            raise Violation("Durable term monotonicity",
+                            f"{node_id}: durable term went back from {old.term} to {hs.term}")
+        if hs.term == old.term and old.vote and hs.vote and hs.vote != old.vote:
+            raise Violation("Vote Uniqueness", f"{node_id} changed its durable vote in term "
+                            f"{hs.term} from {old.vote} to {hs.vote}")
+        if hs.term > old.term or hs.vote:
+            # Remember the first vote of a term, even across a write that (wrongly) drops it.
+            self.durable_hs[node_id] = hs
+
+    def _applied(self, node_id: str, entry: Entry, r: ApplyResult) -> None:
+        i = entry.index
+        if i <= len(self.applied):
+            first, res = self.applied[i - 1]
+            if first != entry or res != r:
+                raise Violation("State Machine Safety", (
+                    f"{node_id} applied {_entry_text(entry)} -> {r} at index {i}, but another "
+                    f"node applied {_entry_text(first)} -> {res} there"))
+        elif i == len(self.applied) + 1:
+            self.applied.append((entry, r))
+        else:
+            raise Violation("State Machine Safety",
+                            f"{node_id} applied index {i} before anyone applied {i - 1}")
+        if r.client_id and not (r.duplicate or r.stale or r.malformed):
+            counts = self.applications[node_id]
+            counts[(r.client_id, r.seq)] += 1
+            if counts[(r.client_id, r.seq)] > 1:
+                raise Violation("At-most-once", (
+                    f"{node_id} applied request ({r.client_id.decode()}, seq {r.seq}) a second "
+                    f"time, at index {i}"))
+
+    # -- messages ----------------------------------------------------------------------
+
+    def on_send(self, msgs: Iterable[Message]) -> None:
+        for m in msgs:
+            if m.type == MessageType.VOTE_RESP and not m.reject:
+                key = (m.src, m.term)
+                granted = self.votes.setdefault(key, m.dst)
+                if granted != m.dst:
+                    raise Violation("Vote Uniqueness", (
+                        f"{m.src} granted its vote in term {m.term} to {granted} and then to "
+                        f"{m.dst}"))
+
+    # -- after every step ----------------------------------------------------------------
+
+    def check_step(self) -> None:
+        self.checks += 1
+        for node_id in self.ids:
+            node = self.nodes[node_id]
+            raw = node.raw
+            if not node.up or raw is None:
+                continue
+            r = raw.raft
+            v = self.views[node_id]
+            committed = r.log.committed
+            if v.incarnation != node.incarnation:
+                # A restart: volatile indexes may restart lower, the durable ones may not.
+                v.incarnation = node.incarnation
+                v.committed = committed
+                v.applied = node.applied_index
+                v.checked_commit = 0
+                v.committed_as_leader = 0
+                v.role = Role.FOLLOWER
+            else:
+                if committed < v.committed:
+                    raise Violation("Commit monotonicity", f"{node_id}: commit index went "
+                                    f"back from {v.committed} to {committed}")
+                if node.applied_index < v.applied:
+                    raise Violation("Applied monotonicity", f"{node_id}: applied index went "
+                                    f"back from {v.applied} to {node.applied_index}")
+                v.committed = committed
+                v.applied = node.applied_index
+            if committed > v.checked_commit:
+                if r.role == Role.LEADER and committed > v.committed_as_leader:
+                    self._check_durable_quorum(node_id, r.log.term(committed) or 0, committed)
+                    v.committed_as_leader = committed
+                self._check_commits(node_id, node, v.checked_commit + 1, committed)
+                v.checked_commit = committed
+            if r.role == Role.LEADER and (v.role != Role.LEADER or v.term != r.term):
+                self._new_leader(node_id, node)
+            v.role, v.term = r.role, r.term
+
+    def _check_durable_quorum(self, leader: str, term: int, index: int) -> None:
+        """A leader that advances its commit index to `index` must be right that a majority
+        holds that entry on disk: "committed" means durably replicated on a majority."""
+        holders = []
+        for n in self.ids:
+            store = self.nodes[n].disk.store
+            if store.last_index() >= index and store.term(index) == term:
+                holders.append(n)
+        if len(holders) < len(self.ids) // 2 + 1:
+            raise Violation("Commit durability", (
+                f"{leader} committed index {index} (term {term}), but only {holders or 'no one'} "
+                f"hold it on disk - not a majority of {len(self.ids)}"))
+
+    def _check_commits(self, node_id: str, node: SimNode, lo: int, hi: int) -> None:
+        log = node.raw.raft.log  # type: ignore[union-attr]
+        term = node.raw.raft.term  # type: ignore[union-attr]
+        known = len(self.committed)
+        new_from = known + 1
+        for e in log.entries(lo, hi + 1):
+            if e.index <= known:
+                c = self.committed[e.index - 1]
+                if c.entry != e:
+                    raise Violation("Commit agreement", (
+                        f"{node_id} considers {_entry_text(e)} committed, but {c.first_by} "
+                        f"committed {_entry_text(c.entry)} at that index"))
+            else:
+                self.committed.append(_Committed(e, term, node_id))
+        if len(self.committed) >= new_from:
+            self._log(f"COMMIT [{new_from}..{len(self.committed)}] first seen at {node_id} "
+                      f"(term {term})")
+            # A leader already in office must hold every entry committed in an earlier term.
+            for other in self.ids:
+                n = self.nodes[other]
+                if n.up and n.raw is not None and n.raw.raft.role == Role.LEADER:
+                    self._check_completeness(other, n, new_from)
+
+    def _new_leader(self, node_id: str, node: SimNode) -> None:
+        r = node.raw.raft  # type: ignore[union-attr]
+        self.elections += 1
+        self._log(f"LEADER {node_id} term {r.term} last={r.log.last_index()} "
+                  f"commit={r.log.committed}")
+        holder = self.leaders.setdefault(r.term, node_id)
+        if holder != node_id:
+            raise Violation("Election Safety",
+                            f"{node_id} and {holder} were both leader in term {r.term}")
+        self._check_completeness(node_id, node, 1)
+
+    def _check_completeness(self, node_id: str, node: SimNode, lo: int) -> None:
+        r = node.raw.raft  # type: ignore[union-attr]
+        for c in self.committed[lo - 1:]:
+            if c.commit_term >= r.term:
+                continue
+            i = c.entry.index
+            if r.log.term(i) != c.entry.term:
+                have = r.log.entries(i, i + 1) if i <= r.log.last_index() else []
+                raise Violation("Leader Completeness", (
+                    f"{node_id} is leader of term {r.term} but its log lacks committed entry "
+                    f"{_entry_text(c.entry)} (committed by term {c.commit_term}, first seen "
+                    f"at {c.first_by}); it holds {_entry_text(have[0] if have else None)}"))
+
+    # -- at the end ------------------------------------------------------------------------
+
+    def check_converged(self) -> None:
+        """Every node applied the same prefix and holds byte-identical shards."""
+        ids = self.ids
+        stores = {n: self.nodes[n].disk.store for n in ids}
+        applied = {n: s.applied_index() for n, s in stores.items()}
+        if len(set(applied.values())) != 1:
+            raise Violation("Convergence", f"applied indexes differ after settling: {applied}")
+        digests = {n: s.shard_digests() for n, s in stores.items()}
+        ref = digests[ids[0]]
+        for n in ids[1:]:
+            if digests[n] != ref:
+                bad = [i for i, (x, y) in enumerate(zip(ref, digests[n], strict=True)) if x != y]
+                raise Violation("Convergence", (
+                    f"{n} and {ids[0]} applied up to {applied[n]} but shards {bad} differ"))
+
+    def check_writes(
+        self, acked: list[tuple[bytes, int, str]], failed: list[tuple[bytes, int, str]]
+    ) -> None:
+        """Acknowledged writes were applied exactly once everywhere; writes the client was
+        told were definitely not applied were never applied anywhere."""
+        for n in self.ids:
+            counts = self.applications[n]
+            for cid, seq, desc in acked:
+                if counts[(cid, seq)] != 1:
+                    raise Violation("No acknowledged write lost", (
+                        f"{cid.decode()}'s acknowledged write {desc} was applied "
+                        f"{counts[(cid, seq)]} times on {n}"))
+            for cid, seq, desc in failed:
+                if counts[(cid, seq)]:
+                    raise Violation("Failed means not applied", (
+                        f"{cid.decode()}'s write {desc} was reported definitely not applied, "
+                        f"but {n} applied it"))
+
+    def check_stale_reads(self, reads: Sequence[tuple[str, bytes, bytes | None, int]]) -> int:
+        """Stale reads, in the order nodes served them: (node, key, value, applied).
+
+        Per node the applied index never goes back, and the value is exactly the key's value
+        after applying the committed log up to that index (so never a value that was never
+        written, and never an older value after a newer one)."""
+        timeline = self._key_timeline()
+        last: dict[str, int] = {}
+        for node_id, key, value, applied in reads:
+            if applied < last.get(node_id, 0):
+                raise Violation("Stale reads monotonic", (
+                    f"{node_id} served a stale read at applied index {applied} after one at "
+                    f"{last[node_id]}"))
+            last[node_id] = applied
+            if applied > len(self.applied):
+                raise Violation("Stale reads", f"{node_id} read at applied index {applied}, "
+                                f"beyond anything applied ({len(self.applied)})")
+            points, values = timeline.get(key, ([], []))
+            k = bisect.bisect_right(points, applied)
+            expect = values[k - 1] if k else None
+            if value != expect:
+                raise Violation("Stale reads", (
+                    f"{node_id} returned {key!r}={value!r} at applied index {applied}, but "
+                    f"after applying the log up to {applied} it is {expect!r}"))
+        return len(reads)
+
+    def _key_timeline(self) -> dict[bytes, tuple[list[int], list[bytes | None]]]:
+        """Replay the agreed applied log on a fresh store: each key's value after each index
+        that changed it."""
+        oracle = MemoryNodeStore(shards=4, vnodes=16)
+        timeline: dict[bytes, tuple[list[int], list[bytes | None]]] = {}
+        for entry, _ in self.applied:
+            oracle.persist_and_apply(None, [entry], [entry])
+            if entry.type != EntryType.NORMAL:
+                continue
+            try:
+                cmd = commands.decode(entry.data)
+            except CommandDecodeError:
+                continue
+            op = cmd.WhichOneof("op")
+            key = getattr(cmd, op).key
+            found, value, _ = oracle.get(key)
+            points, values = timeline.setdefault(key, ([], []))
+            now = value if found else None
+            if not values or values[-1] != now:
+                points.append(entry.index)
+                values.append(now)
+        return timeline
