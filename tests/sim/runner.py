@@ -33,8 +33,8 @@ from tests.sim.node import NodeTiming, SimNode
 from tests.sim.service import RpcProfile, SimService
 from tests.sim.world import US_PER_MS, US_PER_S, SimulationFailure, World
 
-# Signature of the core liveness bug found by this simulator (see test_known_bugs.py).
-LOST_TAIL_APPEND = "known core bug: an unreported lost tail append is never resent"
+# Signature of the core liveness bug this simulator found, now fixed (test_found_bugs.py).
+LOST_TAIL_APPEND = "core bug (regression): an unreported lost tail append is never resent"
 
 TICK_US = 10 * US_PER_MS
 ELECTION_TICKS = 6  # as NodeDriver's default
@@ -309,7 +309,7 @@ class Simulation:
     def lost_tail_append(self) -> str:
         """Diagnose the known core bug: a follower in REPLICATE whose tail appends were
         lost without the transport noticing is never sent them again while the leader has
-        nothing new to append (see test_known_bugs.py)."""
+        nothing new to append (fixed; see test_found_bugs.py)."""
         leader = self.leader()
         if leader is None:
             return ""
