@@ -407,7 +407,9 @@ class Raft:
             self.election_elapsed = 0
             self.leader = m.src
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context))
+            # Our last index lets the leader notice a follower that lost its data (resync).
+            self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context,
+                               index=self.log.last_index()))
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:
@@ -486,6 +488,11 @@ class Raft:
         elif m.type == MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if m.index < pr.match:
+                # The follower holds less than it acknowledged: its data dir was rebuilt
+                # (`kvstore cluster resync`), or this answer is stale. Re-probe from there.
+                pr.match = m.index
+                pr.become_probe()
             behind = pr.match < self.log.last_index()
             if pr.state == ProgressState.REPLICATE and behind and pr.match == pr.match_at_heartbeat:
                 # Entries are outstanding and the follower acknowledged nothing for a whole
