@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +55,40 @@ class LeadershipLost(Exception):
 
 class StaleRequest(Exception):
     """The write id is older than what its session still remembers."""
+
+
+class Settable(Protocol):
+    """What a waiter must offer: an asyncio.Future, or the simulator's promise."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: ApplyResult) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+def resolve_applied(
+    waiting: dict[int, tuple[int, Settable]],
+    committed: Sequence[Entry],
+    results: Sequence[ApplyResult],
+) -> None:
+    """Answer the proposals waiting on `committed` entries, matched by (index, term) —
+    never by order: an entry replaced after a leader change fails its waiter."""
+    by_index = {r.index: r for r in results}
+    for e in committed:
+        entry_waiter = waiting.pop(e.index, None)
+        if entry_waiter is None:
+            continue
+        term, fut = entry_waiter
+        if fut.done():
+            continue
+        result = by_index.get(e.index)
+        if e.term != term or result is None:
+            fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
+        elif result.stale:
+            fut.set_exception(StaleRequest("write id older than its session remembers"))
+        else:
+            fut.set_result(result)
 
 
 @dataclass
@@ -273,22 +307,7 @@ class NodeDriver:
         self._release_reads()
 
     def _resolve_applied(self, committed: tuple[Entry, ...], results: list[ApplyResult]) -> None:
-        by_index = {r.index: r for r in results}
-        for e in committed:
-            waiting = self._waiting_entries.pop(e.index, None)
-            if waiting is None:
-                continue
-            term, fut = waiting
-            if fut.done():
-                continue
-            result = by_index.get(e.index)
-            if e.term != term or result is None:
-                # Our entry was overwritten by another leader's.
-                fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
-            elif result.stale:
-                fut.set_exception(StaleRequest("write id older than its session remembers"))
-            else:
-                fut.set_result(result)
+        resolve_applied(self._waiting_entries, committed, results)
 
     # -- compaction and snapshots --------------------------------------------------------
 

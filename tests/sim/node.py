@@ -29,7 +29,7 @@ from kvstore.raft.errors import NotLeader
 from kvstore.raft.rawnode import RawNode
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import Entry, Message, MessageType, Ready, Role
-from kvstore.server.node import LeadershipLost, StaleRequest
+from kvstore.server.node import LeadershipLost, resolve_applied
 from kvstore.state.commands import ApplyResult
 from tests.sim.disk import SimDisk
 from tests.sim.network import describe
@@ -393,21 +393,7 @@ class SimNode:
             self._wake()
 
     def _resolve_applied(self, committed: tuple[Entry, ...], results: list[ApplyResult]) -> None:
-        by_index = {r.index: r for r in results}
-        for e in committed:
-            waiting = self._waiting_entries.pop(e.index, None)
-            if waiting is None:
-                continue
-            term, fut = waiting
-            if fut.done():
-                continue
-            result = by_index.get(e.index)
-            if e.term != term or result is None:
-                fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
-            elif result.stale:
-                fut.set_exception(StaleRequest("write id older than its session remembers"))
-            else:
-                fut.set_result(result)
+        resolve_applied(self._waiting_entries, committed, results)
 
     def _release_reads(self) -> None:
         still = []
