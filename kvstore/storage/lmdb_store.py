@@ -36,9 +36,9 @@ import lmdb
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
-from kvstore.storage import snapshot_file
 from kvstore.storage.batch import plan_batch
 from kvstore.storage.errors import ConfigMismatchError, CorruptLogError, StorageError
+from kvstore.storage.snapshot_state import dump_state, open_snapshot
 
 FORMAT_VERSION = 1
 MAX_SHARDS = 256
@@ -386,29 +386,17 @@ class LmdbNodeStore:
                 term = c_term
             else:
                 term = self._read_entry(txn, applied).term
-            names = tuple(self.machine.db_names)
-            header = snapshot_file.SnapshotHeader(applied, term, self.shards, self.vnodes, names)
+            meta = SnapshotMeta(applied, term)
             with open(path, "wb") as out:
-                writer = snapshot_file.SnapshotWriter(out, header)
-                for name in names:
-                    for key, value in txn.cursor(db=self._dbs[name]):
-                        writer.add(name, bytes(key), bytes(value))
-                writer.finish()
+                dump_state(out, _LmdbTxn(txn, self._dbs), self.machine, meta)
                 out.flush()
                 os.fsync(out.fileno())
-        return SnapshotMeta(applied, term)
+        return meta
 
     def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta:
         """Replace the state machine and the log by a received snapshot, in ONE write
         transaction: a crash leaves the old state or the new, never a mix."""
-        header, records = snapshot_file.read(data)
-        if (header.shards, header.vnodes) != (self.shards, self.vnodes):
-            raise ConfigMismatchError(
-                f"snapshot has shards={header.shards} vnodes={header.vnodes}; this node has "
-                f"shards={self.shards} vnodes={self.vnodes}")
-        unknown = set(header.dbs) - set(self.machine.db_names)
-        if unknown:
-            raise StorageError(f"snapshot holds unknown databases {sorted(unknown)}")
+        header, records = open_snapshot(data, self.machine)
         with self._write_lock:
             view = self._view
             with self._env.begin(write=True) as txn:

@@ -1,16 +1,21 @@
 """In-memory node store for the deterministic simulator.
 
-Same public methods as LmdbNodeStore and the same apply logic (ShardedStateMachine over a
-DictTxn), but no disk: every persist_and_apply is atomic (all of it or, on an exception,
-none of it) and "durable" by definition. A simulated crash drops the node's volatile state
-and keeps this object, exactly as a real crash keeps the LMDB files.
+Same public methods as LmdbNodeStore and the same semantics (the same apply logic,
+ShardedStateMachine over a DictTxn; the same batch checks, plan_batch; the same snapshot
+bytes and install checks, snapshot_state), but no disk. Every write path (persist_and_apply,
+compact, install_snapshot) validates and computes everything before it changes any field,
+so it is atomic (all of it or, on an exception, none of it) and "durable" by definition.
+A simulated crash drops the node's volatile state and keeps this object, exactly as a real
+crash keeps the LMDB files.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 
-from kvstore.raft.types import Entry, HardState
+from kvstore.raft.types import Entry, HardState, SnapshotMeta
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import (
     DEFAULT_MAX_SESSIONS,
@@ -20,6 +25,11 @@ from kvstore.state.machine import (
 )
 from kvstore.storage.batch import plan_batch
 from kvstore.storage.errors import StorageError
+from kvstore.storage.snapshot_state import dump_state, open_snapshot
+
+# What LMDB stores per log entry besides its data: the 8-byte index key and the record
+# header (crc32, term, type). log_bytes() counts it so both stores report a comparable size.
+ENTRY_OVERHEAD = 8 + 13
 
 
 class MemoryNodeStore:
@@ -32,7 +42,10 @@ class MemoryNodeStore:
         self.vnodes = vnodes
         self.machine = ShardedStateMachine(shards, vnodes, max_sessions)
         self._hard_state = HardState()
-        self._log: list[Entry] = []  # _log[i].index == i + 1
+        # Index and term of the last entry dropped from the log (by compaction or a
+        # snapshot install); the state machine holds its effect.
+        self._compacted = SnapshotMeta(0, 0)
+        self._log: list[Entry] = []  # _log[i].index == self._compacted.index + 1 + i
         self._applied = 0
         self._dbs: dict[str, dict[bytes, bytes]] = {name: {} for name in self.machine.db_names}
 
@@ -42,22 +55,25 @@ class MemoryNodeStore:
         return self._hard_state
 
     def first_index(self) -> int:
-        return 1
+        return self._compacted.index + 1
 
     def last_index(self) -> int:
-        return len(self._log)
+        return self._compacted.index + len(self._log)
 
     def term(self, index: int) -> int:
-        if index == 0:
-            return 0
-        if not 1 <= index <= len(self._log):
-            raise StorageError(f"log entry {index} is not in the log (1..{len(self._log)})")
-        return self._log[index - 1].term
+        """Term of entry `index`; the last compacted entry still answers (its term is kept)."""
+        if index == self._compacted.index:
+            return self._compacted.term
+        first, last = self.first_index(), self.last_index()
+        if not first <= index <= last:
+            raise StorageError(f"log entry {index} is not in the log ({first}..{last})")
+        return self._log[index - first].term
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        if lo < 1 or hi > len(self._log) + 1 or lo > hi:
-            raise StorageError(f"log entries [{lo}, {hi}) not in the log (1..{len(self._log)})")
-        return self._log[lo - 1 : hi - 1]
+        first, last = self.first_index(), self.last_index()
+        if lo < first or hi > last + 1 or lo > hi:
+            raise StorageError(f"log entries [{lo}, {hi}) not in the log ({first}..{last})")
+        return self._log[lo - first : hi - first]
 
     # -- writes --------------------------------------------------------------------------
 
@@ -72,11 +88,14 @@ class MemoryNodeStore:
         Same contract as LmdbNodeStore.persist_and_apply; everything is validated and applied
         to a buffered transaction before any state changes, so a failure changes nothing.
         """
+        if hard_state is None and not entries and not committed:
+            return []
+        first = self.first_index()
         _, to_apply = plan_batch(
             entries,
             committed,
-            first_index=1,
-            last_index=len(self._log),
+            first_index=first,
+            last_index=self.last_index(),
             applied=self._applied,
             stored_term=self.term,
         )
@@ -84,7 +103,7 @@ class MemoryNodeStore:
         results = self.machine.apply_batch(txn, to_apply)
         # Nothing below can fail: commit.
         if entries:
-            del self._log[entries[0].index - 1 :]
+            del self._log[entries[0].index - first :]
             self._log.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
@@ -93,10 +112,63 @@ class MemoryNodeStore:
             self._applied = to_apply[-1].index
         return results
 
+    # -- compaction and snapshots --------------------------------------------------------
+
+    def compact(self, upto: int) -> None:
+        """Drop log entries up to `upto` (which must be applied), as LmdbNodeStore.compact:
+        the state machine holds their effect; a follower that needs them gets a snapshot."""
+        first = self.first_index()
+        if upto < first:
+            return
+        if upto > min(self._applied, self.last_index()):
+            raise StorageError(f"cannot compact to {upto}: applied is {self._applied}")
+        term = self.term(upto)
+        del self._log[: upto - first + 1]
+        self._compacted = SnapshotMeta(upto, term)
+
+    def log_bytes(self) -> int:
+        """Bytes the log would take as LMDB records (LmdbNodeStore counts whole pages)."""
+        return sum(ENTRY_OVERHEAD + len(e.data) for e in self._log)
+
+    def export_snapshot(self) -> tuple[SnapshotMeta, bytes]:
+        """The state machine as of its applied index, in snapshot_file format, in memory:
+        the simulator has no disk, and these are the bytes write_snapshot would write."""
+        meta = SnapshotMeta(self._applied, self.term(self._applied))
+        out = io.BytesIO()
+        dump_state(out, DictTxn(self._dbs), self.machine, meta)
+        return meta, out.getvalue()
+
+    def write_snapshot(self, path: str) -> SnapshotMeta:
+        """Write export_snapshot()'s bytes to `path` (for parity with LmdbNodeStore)."""
+        meta, data = self.export_snapshot()
+        with open(path, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        return meta
+
+    def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta:
+        """Replace the state machine and the log by a received snapshot, recording
+        `hard_state` if given. The snapshot is verified and fully loaded before anything is
+        replaced, so a damaged or foreign one raises StorageError and changes nothing."""
+        header, records = open_snapshot(data, self.machine)
+        dbs: dict[str, dict[bytes, bytes]] = {name: {} for name in self.machine.db_names}
+        for name, key, value in records:
+            dbs[name][key] = value
+        # Nothing below can fail: commit.
+        meta = SnapshotMeta(header.index, header.term)
+        self._dbs = dbs
+        self._log = []
+        self._compacted = meta
+        self._applied = meta.index
+        if hard_state is not None:
+            self._hard_state = hard_state
+        return meta
+
     # -- state-machine reads -------------------------------------------------------------
 
     def get(self, key: bytes) -> tuple[bool, bytes, int]:
-        """(found, value, applied index) as of the last completed persist_and_apply."""
+        """(found, value, applied index) as of the last completed write."""
         value = self.machine.read(DictTxn(self._dbs), key)
         return value is not None, value or b"", self._applied
 
