@@ -18,7 +18,14 @@ from kvstore.client._core import (
     parse_endpoints,
 )
 from kvstore.client.aio import AsyncKVClient
-from kvstore.client.errors import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.client.errors import (
+    InvalidArgument,
+    KVError,
+    NotLeader,
+    StaleWrite,
+    Timeout,
+    Unavailable,
+)
 from kvstore.client.sync import KVClient
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "KVError",
     "NodeStatus",
     "NotLeader",
+    "StaleWrite",
     "Timeout",
     "Unavailable",
     "WriteId",

@@ -41,7 +41,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from kvstore.client.errors import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.client.errors import (
+    InvalidArgument,
+    KVError,
+    NotLeader,
+    StaleWrite,
+    Timeout,
+    Unavailable,
+)
 from kvstore.v1 import kv_pb2
 
 DEFAULT_TIMEOUT = 10.0
@@ -567,10 +574,17 @@ class Call(Generic[R]):
     def _fatal(self, endpoint: str, failure: RpcFailure) -> KVError:
         if failure.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             # RESOURCE_EXHAUSTED here means "message larger than the receiver's limit".
+            # Validation runs before anything is proposed, and every retry sends the same
+            # request, so no earlier attempt can have been applied either.
             return InvalidArgument(
                 f"{self.op.name} rejected by {endpoint}: {failure.describe()}",
-                maybe_applied=self._maybe_applied,
+                maybe_applied=False,
             )
+        if failure.code is grpc.StatusCode.ABORTED and self.op.is_write:
+            # The server's session has forgotten this write id ("write id older than its
+            # session remembers"): retrying gets the same answer, and an earlier attempt
+            # (or a write under the same id) may have been applied.
+            return StaleWrite(f"{self.op.name} refused by {endpoint}: {failure.describe()}")
         unsure = self.op.is_write and failure.code is not grpc.StatusCode.UNIMPLEMENTED
         return KVError(
             f"{self.op.name} failed on {endpoint}: {failure.describe()}",

@@ -12,7 +12,8 @@ retry core sees exactly what a unary call would have produced).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -23,6 +24,7 @@ _OP_FIELD = {"Put": "put", "Get": "get", "Delete": "delete", "CompareAndSwap": "
 _STATUS_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 
 MAX_OPS_PER_BATCH = 1000
+T = TypeVar("T")
 
 
 class BatchFailure(Exception):
@@ -55,6 +57,44 @@ def from_result(result: kv_pb2.OpResult) -> Any:
                                   result.leader_address))
 
 
+class Coalescer(Generic[T]):
+    """The batching policy with no I/O, shared by EndpointBatcher and the simulator's
+    clients: a call goes out at once while fewer than `max_inflight` batches are in flight;
+    calls that arrive meanwhile wait and leave together when one returns."""
+
+    def __init__(self, max_inflight: int = 1, max_ops: int = MAX_OPS_PER_BATCH,
+                 is_done: Callable[[T], bool] = lambda _item: False) -> None:
+        self._max_inflight = max_inflight
+        self._max_ops = max_ops
+        self._is_done = is_done
+        self.inflight = 0
+        self._queue: list[T] = []
+
+    def add(self, item: T) -> list[T] | None:
+        """Queue a call; returns a batch to send now, if one may go."""
+        self._queue.append(item)
+        return self._take() if self.inflight < self._max_inflight else None
+
+    def finished(self) -> list[T] | None:
+        """A batch in flight returned (or failed); returns the next batch to send, if any."""
+        self.inflight -= 1
+        return self._take()
+
+    def _take(self) -> list[T] | None:
+        while self._queue:
+            batch = self._queue[: self._max_ops]
+            self._queue = self._queue[self._max_ops:]
+            batch = [item for item in batch if not self._is_done(item)]  # gave up meanwhile
+            if batch:
+                self.inflight += 1
+                return batch
+        return None
+
+
+def batch_request(ops: list[kv_pb2.Op]) -> kv_pb2.BatchRequest:
+    return kv_pb2.BatchRequest(ops=ops)
+
+
 class _Pending:
     __slots__ = ("op", "future", "timeout")
 
@@ -69,35 +109,29 @@ class EndpointBatcher:
 
     def __init__(self, stub: kv_pb2_grpc.KVStub, max_inflight: int = 1) -> None:
         self._stub = stub
-        self._max_inflight = max_inflight
-        self._inflight = 0
-        self._queue: list[_Pending] = []
+        self._policy: Coalescer[_Pending] = Coalescer(
+            max_inflight, is_done=lambda p: p.future.done())
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def call(self, method: str, request: Any, timeout: float) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(to_op(method, request), fut, timeout))
-        if self._inflight < self._max_inflight:
-            self._launch()
+        self._launch(self._policy.add(_Pending(to_op(method, request), fut, timeout)))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise BatchFailure(RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
                                           "deadline exceeded")) from None
 
-    def _launch(self) -> None:
-        batch, self._queue = self._queue[:MAX_OPS_PER_BATCH], self._queue[MAX_OPS_PER_BATCH:]
-        batch = [p for p in batch if not p.future.done()]
+    def _launch(self, batch: list[_Pending] | None) -> None:
         if not batch:
             return
-        self._inflight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            request = kv_pb2.BatchRequest(ops=[p.op for p in batch])
+            request = batch_request([p.op for p in batch])
             timeout = max(p.timeout for p in batch)
             try:
                 response = await self._stub.Batch(request, timeout=timeout)
@@ -115,6 +149,4 @@ class EndpointBatcher:
                 except BatchFailure as err:
                     p.future.set_exception(err)
         finally:
-            self._inflight -= 1
-            if self._queue:
-                self._launch()
+            self._launch(self._policy.finished())

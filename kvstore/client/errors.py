@@ -11,6 +11,7 @@ in its docstring, and every instance carries it as ``maybe_applied``:
   before answering). Retrying the same logical operation with a *new* call is
   not idempotent; the client's own retries inside one call are, because they
   reuse the write id.
+- "may have been applied, result lost": :class:`StaleWrite`.
 
 Reads never change state, so for them ``maybe_applied`` is always False.
 """
@@ -72,6 +73,19 @@ class InvalidArgument(KVError):
 
     Never retried: sending the same request again cannot succeed.
     """
+
+
+class StaleWrite(KVError):
+    """The server no longer remembers this write id's outcome: it may have been applied.
+
+    The cluster's session for this client has moved past the write id (its recorded
+    result was already forgotten), so the server refuses to apply it again rather than
+    risk applying it twice. An earlier attempt may have taken effect, hence
+    ``maybe_applied`` is True. Never retried: the same write id gets the same answer.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool = True) -> None:
+        super().__init__(message, maybe_applied=maybe_applied)
 
 
 class Timeout(KVError):

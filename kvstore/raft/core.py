@@ -30,6 +30,7 @@ from kvstore.raft.types import (
     MessageType,
     ReadState,
     Role,
+    Snapshot,
     SnapshotMeta,
 )
 
@@ -92,6 +93,17 @@ class Raft:
         self._read_round = 0
         self._read_round_wanted = False
         self.passive = config.passive_until_contact
+        # Separate from `passive` (which only governs voting and is cleared by any contact
+        # from a current leader): set until a leader's data actually reached us (an accepted
+        # append or a snapshot). While set, our answers say so, and only such answers may
+        # lower the leader's match for us: a wiped node really holds less than it once
+        # acknowledged, a stale answer from a healthy one does not.
+        self.rebuilding = config.passive_until_contact
+        # While rebuilding: the highest commit index a leader has told us. We acknowledged
+        # entries before the wipe that may have counted toward a commit, so until our log
+        # reaches every commit we hear of, our vote could elect a leader without them: a
+        # rebuilding node neither votes nor campaigns.
+        self.rebuild_until = 0
         self._reset_timeout()
 
     # -- helpers ---------------------------------------------------------------------
@@ -205,7 +217,8 @@ class Raft:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_timeout and not self.passive:
+            if (self.election_elapsed >= self.randomized_timeout and not self.passive
+                    and not self.rebuilding):
                 self.election_elapsed = 0
                 self._reset_timeout()
                 self._campaign(pre=self.cfg.pre_vote)
@@ -262,9 +275,14 @@ class Raft:
         if self.committed_in_term():
             self._read_round_wanted = True
 
+    def read_round_pending(self) -> bool:
+        """Whether flush_read_round() would send a round: lets RawNode.has_ready() stay a
+        pure query while ready() does the flushing."""
+        return self._read_round_wanted and self.role == Role.LEADER
+
     def flush_read_round(self) -> None:
         """Send one heartbeat round confirming every read queued since the last round."""
-        if not self._read_round_wanted or self.role != Role.LEADER:
+        if not self.read_round_pending():
             return
         self._read_round_wanted = False
         self._read_round += 1
@@ -274,9 +292,10 @@ class Raft:
         if not self._pending_reads or not self.committed_in_term():
             return
         acks = sorted((self.prs[p].read_ack for p in self.peers), reverse=True)
-        # Self counts as one ack of every round; need quorum - 1 peers.
-        need = self._quorum() - 1
-        confirmed = acks[need - 1] if need > 0 else self._read_round
+        # Self counts as one ack of every round; need quorum - 1 peers. Alone we are the
+        # quorum: every queued read, even one waiting for a round not flushed yet, is done.
+        need = self._peer_acks_needed()
+        confirmed = acks[need - 1] if need > 0 else self._read_round + 1
         done = [r for r in self._pending_reads if r.round <= confirmed]
         if not done:
             return
@@ -291,7 +310,13 @@ class Raft:
         for r in self._pending_reads:
             r.index = max(r.index, self.log.committed)
             r.round = self._read_round + 1
-        self._read_round_wanted = True
+        # Alone, the commit itself confirms leadership (our caller releases the reads);
+        # otherwise a heartbeat round must. No later commit may be needed for either.
+        self._read_round_wanted = self._peer_acks_needed() > 0
+
+    def _peer_acks_needed(self) -> int:
+        """Peers that must answer a read round besides ourselves (0 in a one-node cluster)."""
+        return self._quorum() - 1
 
     # -- sending -----------------------------------------------------------------------
 
@@ -334,6 +359,8 @@ class Raft:
     # -- stepping messages ---------------------------------------------------------------
 
     def step(self, m: Message) -> None:
+        if self.passive and m.type == MT.PRE_VOTE:
+            self._adopt_pre_vote_term(m)
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 in_lease = (self.cfg.check_quorum and self.leader != ""
@@ -364,8 +391,18 @@ class Raft:
         else:
             self._step_follower(m)
 
+    def _adopt_pre_vote_term(self, m: Message) -> None:
+        """A resynced node forgot its term, so a deposed leader of any term it has not heard
+        of would look current and end `passive` (letting it vote again in terms it may have
+        voted in before the wipe). A pre-vote never changes an ordinary node's term, but it
+        proves that its sender is at term m.term - 1; a passive node, which neither votes
+        nor campaigns, adopts that term so that older leaders are refused and told to step
+        down, like every other message below its term."""
+        if m.term - 1 > self.term:
+            self.become_follower(m.term - 1, "")
+
     def _handle_vote_request(self, m: Message) -> None:
-        can_vote = not self.passive and (
+        can_vote = not self.passive and not self.rebuilding and (
             self.vote == m.src
             or (self.vote == "" and self.leader == "")
             or (m.type == MT.PRE_VOTE and m.term > self.term)
@@ -394,7 +431,10 @@ class Raft:
     def _step_follower(self, m: Message) -> None:
         if self.passive and m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
             self.passive = False
-            self._log_event(f"heard from leader {m.src}: may vote and campaign again")
+            self._log_event(f"heard from leader {m.src}: no longer passive")
+        if self.rebuilding:
+            told = m.index if m.type == MT.SNAP else m.commit
+            self.rebuild_until = max(self.rebuild_until, told)
         if m.type == MT.APP:
             self.election_elapsed = 0
             self.leader = m.src
@@ -407,21 +447,38 @@ class Raft:
             self.election_elapsed = 0
             self.leader = m.src
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            # Our last index lets the leader notice a follower that lost its data (resync).
+            # Our last index tells the leader whether we hold everything it sent (a slow
+            # acknowledgement, not a lost append) and, with `rebuilding`, that we lost data.
             self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context,
-                               index=self.log.last_index()))
+                               index=self.log.last_index(), rebuilding=self.rebuilding))
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:
-            self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=self.log.committed))
+            self._answer_append(m.src, index=self.log.committed)
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=last_new))
+            self._received_leader_data()
+            self._answer_append(m.src, index=last_new)
             return
         hint = self.log.find_conflict_by_term(m.index, m.log_term)
-        self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=m.index, reject=True,
-                           reject_hint=hint, hint_term=self.log.term(hint) or 0))
+        self._answer_append(m.src, index=m.index, reject=True, reject_hint=hint,
+                            hint_term=self.log.term(hint) or 0)
+
+    def _answer_append(self, to: str, index: int, reject: bool = False, reject_hint: int = 0,
+                       hint_term: int = 0) -> None:
+        """An APP_RESP, flagged while we are still rebuilding a wiped data dir."""
+        self._send(Message(MT.APP_RESP, self.id, to, self.term, index=index, reject=reject,
+                           reject_hint=reject_hint, hint_term=hint_term,
+                           rebuilding=self.rebuilding))
+
+    def _received_leader_data(self) -> None:
+        """Our log now matches the leader's (an accepted append or a snapshot). Once it also
+        reaches every commit index a leader told us of, we are rebuilt: from here on the
+        leader may trust that we never hold less than we acknowledge, and we may vote."""
+        if self.rebuilding and self.log.last_index() >= self.rebuild_until:
+            self.rebuilding = False
+            self._log_event(f"rebuilt up to {self.log.last_index()}: may vote and campaign")
 
     def _handle_snapshot(self, m: Message) -> None:
         """The runtime received the leader's state up to m.index (term m.log_term)."""
@@ -430,12 +487,15 @@ class Raft:
             ack = self.log.committed  # stale: we are already past it
         elif self.log.match_term(snap.index, snap.term):
             self.log.commit_to(snap.index)  # our log has it: just fast-forward the commit
+            self._received_leader_data()
             ack = snap.index
         else:
             self._log_event(f"restoring snapshot at {snap.index} (term {snap.term})")
-            self.log.restore(snap)
+            # The data rides on the message (the runtime made it) to the Ready that installs it.
+            self.log.restore(m.snapshot if m.snapshot is not None else Snapshot(snap))
+            self._received_leader_data()
             ack = snap.index
-        self._send(Message(MT.APP_RESP, self.id, m.src, self.term, index=ack))
+        self._answer_append(m.src, index=ack)
 
     def report_unreachable(self, peer: str) -> None:
         """The runtime dropped messages to `peer`: optimistic replication may have a gap
@@ -460,52 +520,89 @@ class Raft:
         if pr is None:
             return
         if m.type == MT.APP_RESP:
-            pr.recent_active = True
-            if m.reject and m.reject_hint < pr.match:
-                # The follower's log is shorter than what it acknowledged: its data dir was
-                # rebuilt (`kvstore cluster resync`), or this answer is stale. Either way,
-                # probe again from what it holds now; commit never depends on this going down.
-                pr.match = m.reject_hint
-                pr.become_probe()
-                self._send_append(m.src)
-                return
-            if m.reject:
-                probe = m.reject_hint
-                if m.hint_term > 0:
-                    probe = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
-                if pr.maybe_decrease_to(m.index, probe):
-                    if pr.state == ProgressState.REPLICATE:
-                        pr.become_probe()
-                    self._send_append(m.src)
-                return
-            if pr.maybe_update(m.index):
-                if pr.state != ProgressState.REPLICATE:
-                    pr.become_replicate()
-                if self._maybe_commit():
-                    self._broadcast_append()
-                else:
-                    self._send_append(m.src)
+            self._on_append_answer(m, pr)
         elif m.type == MT.HEARTBEAT_RESP:
-            pr.recent_active = True
-            pr.probe_sent = False
-            if m.index < pr.match:
-                # The follower holds less than it acknowledged: its data dir was rebuilt
-                # (`kvstore cluster resync`), or this answer is stale. Re-probe from there.
-                pr.match = m.index
-                pr.become_probe()
-            behind = pr.match < self.log.last_index()
-            if pr.state == ProgressState.REPLICATE and behind and pr.match == pr.match_at_heartbeat:
-                # Entries are outstanding and the follower acknowledged nothing for a whole
-                # heartbeat interval: appends or their answers were lost, and an optimistic
-                # `next` would never show the gap. Probe again from match + 1 (found by
-                # tests/sim; Raft must not rely on the transport noticing loss).
-                pr.become_probe()
-            pr.match_at_heartbeat = pr.match
-            if m.context > pr.read_ack:
-                pr.read_ack = m.context
-                self._release_reads()
-            if pr.match < self.log.last_index():
+            self._on_heartbeat_answer(m, pr)
+
+    def _on_append_answer(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        if self._maybe_lost_data(m, pr, m.reject_hint if m.reject else m.index):
+            self._send_append(m.src)
+            return
+        if m.reject:
+            probe = m.reject_hint
+            if m.hint_term > 0:
+                probe = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
+            # Never moves `next` to or below `match`: a reject below it is stale.
+            if pr.maybe_decrease_to(m.index, probe):
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
                 self._send_append(m.src)
+            return
+        if pr.maybe_update(m.index):
+            if pr.state != ProgressState.REPLICATE:
+                pr.become_replicate()
+            if self._maybe_commit():
+                self._broadcast_append()
+            else:
+                self._send_append(m.src)
+
+    def _on_heartbeat_answer(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        pr.probe_sent = False
+        self._maybe_lost_data(m, pr, m.index)
+        if self._no_ack_for_a_heartbeat(pr):
+            if self._holds_all_sent(m, pr):
+                self._solicit_ack(m.src, pr)
+            else:
+                # Appends were lost and an optimistic `next` would never show the gap
+                # (found by tests/sim; Raft must not rely on the transport noticing loss).
+                pr.become_probe()
+        pr.match_at_heartbeat = pr.match
+        if m.context > pr.read_ack:
+            pr.read_ack = m.context
+            self._release_reads()
+        if pr.match < self.log.last_index():
+            self._send_append(m.src)
+
+    def _maybe_lost_data(self, m: Message, pr: Progress, held: int) -> bool:
+        """Lower match only for a follower that says it is rebuilding a wiped data dir
+        (`kvstore cluster resync`) and holds less than it once acknowledged; probe from
+        what it holds. Any other answer below match is stale (duplicated or reordered) and
+        must not undo progress. Commit never depends on match going down."""
+        if not m.rebuilding or held >= pr.match:
+            return False
+        self._log_event(f"{m.src} lost its data (holds {held}, acknowledged {pr.match})")
+        pr.match = held
+        pr.become_probe()
+        return True
+
+    @staticmethod
+    def _no_ack_for_a_heartbeat(pr: Progress) -> bool:
+        """Entries sent in REPLICATE are outstanding and the follower acknowledged nothing
+        since the previous heartbeat answer."""
+        return (pr.state == ProgressState.REPLICATE and pr.match < pr.next - 1
+                and pr.match == pr.match_at_heartbeat)
+
+    @staticmethod
+    def _holds_all_sent(m: Message, pr: Progress) -> bool:
+        """The follower's log (counting entries it received but has not acknowledged yet)
+        reaches everything we sent it: it is slow to answer, not missing appends."""
+        return m.index >= pr.next - 1
+
+    def _solicit_ack(self, to: str, pr: Progress) -> None:
+        """Ask a follower that seems to hold every entry we sent for an acknowledgement
+        with an empty append instead of sending the entries again: its answer may just be
+        slow (a long fsync) or lost, and commit may be waiting for it. The append carries
+        the term of `next - 1`, so a follower whose log only looks long enough (an old
+        term's tail) rejects it and is probed as usual."""
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None:  # compacted meanwhile: probing finds out what it needs
+            pr.become_probe()
+            return
+        self._send(Message(MT.APP, self.id, to, self.term, log_term=prev_term, index=prev,
+                           commit=self.log.committed))
 
     def _maybe_commit(self) -> bool:
         index = quorum.committed_index((pr.match for pr in self.prs.values()), len(self.voters))

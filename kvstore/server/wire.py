@@ -27,6 +27,7 @@ def message_to_pb(m: Message) -> raft_pb2.Message:
         reject_hint=m.reject_hint,
         hint_term=m.hint_term,
         context=m.context,
+        rebuilding=m.rebuilding,
         **{"from": m.src},
     )
 
@@ -45,4 +46,5 @@ def message_from_pb(p: raft_pb2.Message) -> Message:
         reject_hint=p.reject_hint,
         hint_term=p.hint_term,
         context=p.context,
+        rebuilding=p.rebuilding,
     )

@@ -8,7 +8,14 @@ from typing import Any
 import grpc
 import pytest
 
-from kvstore.client import InvalidArgument, KVError, NotLeader, Timeout, Unavailable
+from kvstore.client import (
+    InvalidArgument,
+    KVError,
+    NotLeader,
+    StaleWrite,
+    Timeout,
+    Unavailable,
+)
 from kvstore.client._core import (
     Attempt,
     Backoff,
@@ -287,6 +294,52 @@ def test_invalid_argument_is_never_retried() -> None:
     error = call.on_failure(A, RpcFailure(SC.INVALID_ARGUMENT, "empty key"), 0.0)
     assert isinstance(error, InvalidArgument) and not error.maybe_applied
     assert "empty key" in str(error)
+
+
+def test_invalid_argument_is_never_maybe_applied_even_after_an_unsure_attempt() -> None:
+    """README: InvalidArgument means definitely not applied. Validation happens before a
+    write is proposed and every retry sends the same request, so an earlier UNAVAILABLE
+    attempt cannot have applied it either."""
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    assert call.on_failure(A, UNAVAILABLE, 0.0) is None
+    backoff(call)
+    attempt(call)
+    error = call.on_failure(B, RpcFailure(SC.RESOURCE_EXHAUSTED, "larger than max"), 0.0)
+    assert isinstance(error, InvalidArgument) and not error.maybe_applied
+
+
+def test_stale_write_is_raised_at_once_and_may_have_been_applied() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    assert call.on_failure(A, UNAVAILABLE, 0.0) is None
+    backoff(call)
+    attempt(call)
+    failure = RpcFailure(SC.ABORTED, "write id older than its session remembers")
+    error = call.on_failure(B, failure, 0.0)
+    assert isinstance(error, StaleWrite) and error.maybe_applied
+    assert "write id older than its session remembers" in str(error)
+    assert call.attempts == 2
+    assert c.write_ids.pending == frozenset()  # the call is over: its id is never resent
+
+
+def test_stale_write_on_a_first_attempt_is_not_retried_either() -> None:
+    c = core()
+    call = c.start(c.cas("k", None, "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.ABORTED, "write id older"), 0.0)
+    assert isinstance(error, StaleWrite) and error.maybe_applied
+    assert not isinstance(error, (NotLeader, Unavailable, Timeout, InvalidArgument))
+
+
+def test_aborted_on_a_read_is_a_plain_error() -> None:
+    c = core()
+    call = c.start(c.get("k"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.ABORTED, "?"), 0.0)
+    assert type(error) is KVError and not error.maybe_applied
 
 
 def test_message_too_large_maps_to_invalid_argument() -> None:

@@ -24,6 +24,7 @@ from kvstore.client import (
     InvalidArgument,
     KVClient,
     NotLeader,
+    StaleWrite,
     Timeout,
     Unavailable,
 )
@@ -61,6 +62,7 @@ class FakeNode(kv_pb2_grpc.KVServicer):
     fail_next: int = 0
     hang: bool = False
     refuse_stale: bool = False  # unlike the real server, redirect stale gets too
+    forgot_write_ids: bool = False  # answer writes as if their session moved past them
     data: dict[bytes, bytes] = field(default_factory=dict)
     requests: list[tuple[str, Any]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
@@ -90,6 +92,9 @@ class FakeNode(kv_pb2_grpc.KVServicer):
                     ("kvstore-leader-address", leader_address),
                 ),
             )
+        if self.forgot_write_ids and "write_id" in request.DESCRIPTOR.fields_by_name:
+            await context.abort(grpc.StatusCode.ABORTED,
+                                "write id older than its session remembers")
         key = getattr(request, "key", b"x")
         if not key or len(key) > 4096:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fake: key must be 1..4096 bytes")
@@ -284,6 +289,21 @@ async def test_invalid_argument_is_raised_without_retry(
     assert not info.value.maybe_applied
     assert len(leader.calls("Put")) == 1
     await client.call("put", "ok", "v")  # the client keeps working
+
+
+async def test_stale_write_is_raised_at_once_without_retries(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    _, leader = fakes
+    leader.forgot_write_ids = True
+    client = make_client([leader.address], timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(StaleWrite) as info:
+        await client.call("put", "k", "v")
+    assert info.value.maybe_applied
+    assert time.monotonic() - started < 2.0
+    assert len(leader.calls("Put")) == 1
+    assert await client.call("get", "k") is None  # reads are unaffected
 
 
 async def test_unreachable_endpoint_fails_within_the_deadline(make_client: Any) -> None:
