@@ -13,3 +13,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="tests/sim: replay this one simulation seed instead of the CI seed set",
     )
+    parser.addoption(
+        "--rewrite",
+        action="store_true",
+        default=False,
+        help="tests/raft/test_interactions.py: write the actual output of each script into "
+        "tests/raft/testdata/*.txt instead of comparing (review the result with git diff)",
+    )

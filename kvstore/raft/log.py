@@ -11,13 +11,14 @@ storage holds: until the runtime installs it, the log starts right after it.
 from __future__ import annotations
 
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import Entry, SnapshotMeta
+from kvstore.raft.types import Entry, Snapshot, SnapshotMeta
 
 
 class RaftLog:
     def __init__(self, storage: LogStorage, applied: int = 0) -> None:
         self.storage = storage
         self.pending_snapshot: SnapshotMeta | None = None
+        self.incoming_snapshot: Snapshot | None = None  # the data behind pending_snapshot
         self.unstable: list[Entry] = []
         self.offset = storage.last_index() + 1
         self.committed = storage.initial_state().commit
@@ -153,10 +154,12 @@ class RaftLog:
             return True
         return False
 
-    def restore(self, snap: SnapshotMeta) -> None:
+    def restore(self, incoming: Snapshot) -> None:
         """Replace the whole log by a snapshot up to snap.index (installed by the runtime)."""
+        snap = incoming.meta
         assert snap.index > self.committed, "restoring a snapshot older than the commit"
         self.pending_snapshot = snap
+        self.incoming_snapshot = incoming
         self.unstable = []
         self.offset = snap.index + 1
         self.committed = snap.index
@@ -165,6 +168,7 @@ class RaftLog:
     def snapshot_installed(self, snap: SnapshotMeta) -> None:
         if self.pending_snapshot == snap:
             self.pending_snapshot = None
+            self.incoming_snapshot = None
 
     def unstable_entries(self) -> tuple[Entry, ...]:
         return tuple(self.unstable)

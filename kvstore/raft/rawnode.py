@@ -10,10 +10,36 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from kvstore.raft.core import Raft, RaftConfig
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import HardState, Message, Ready, Role, SoftState
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """What a leader knows of one follower's log."""
+
+    match: int
+    next: int
+    state: str  # "probe" | "replicate" | "snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: str
+    role: Role
+    term: int
+    vote: str
+    leader: str
+    commit: int
+    applied: int
+    first_index: int  # the log holds entries from here on (earlier ones are in a snapshot)
+    last_index: int
+    passive: bool  # resynced and not yet reached by a leader: neither votes nor campaigns
+    rebuilding: bool  # resynced and not yet holding data from a leader
+    progress: dict[str, PeerStatus] = field(default_factory=dict)  # leader only
 
 
 class RawNode:
@@ -66,13 +92,38 @@ class RawNode:
     def role(self) -> Role:
         return self.raft.role
 
+    def status(self) -> Status:
+        """A snapshot of the core's state for operators and services (never a live view)."""
+        r = self.raft
+        progress: dict[str, PeerStatus] = {}
+        if r.role == Role.LEADER:
+            progress = {
+                p: PeerStatus(pr.match, pr.next, pr.state.name.lower())
+                for p, pr in r.prs.items() if p != r.id
+            }
+        return Status(
+            id=r.id,
+            role=r.role,
+            term=r.term,
+            vote=r.vote,
+            leader=r.leader,
+            commit=r.log.committed,
+            applied=r.log.applied,
+            first_index=r.log.first_index(),
+            last_index=r.log.last_index(),
+            passive=r.passive,
+            rebuilding=r.rebuilding,
+            progress=progress,
+        )
+
     # -- output ----------------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        """Whether ready() would hand out work. A pure query: it changes nothing."""
         r = self.raft
-        r.flush_read_round()
         return bool(
-            r.msgs
+            r.read_round_pending()
+            or r.msgs
             or r.read_states
             or r.dropped_reads
             or r.log.unstable
@@ -100,7 +151,7 @@ class RawNode:
             # anything that answers for our term, vote or log waits for the write.
             send_before_persist=r.role == Role.LEADER and same_vote,
             dropped_reads=tuple(r.dropped_reads),
-            snapshot=r.log.pending_snapshot,
+            snapshot=r.log.incoming_snapshot,
         )
         r.msgs = []
         r.read_states = []
@@ -117,7 +168,7 @@ class RawNode:
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
         if rd.snapshot is not None:
-            self.raft.log.snapshot_installed(rd.snapshot)
+            self.raft.log.snapshot_installed(rd.snapshot.meta)
         if rd.committed:
             self.raft.log.applied_to(rd.committed[-1].index)
         if rd.entries:

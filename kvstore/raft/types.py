@@ -73,6 +73,13 @@ class Message:
     reject_hint: int = 0  # APP_RESP reject: the follower's suggested next probe index
     hint_term: int = 0  # APP_RESP reject: term of the follower's entry at reject_hint
     context: int = 0  # HEARTBEAT(_RESP): ReadIndex round being confirmed
+    # APP_RESP / HEARTBEAT_RESP: the follower restarted on an empty data dir (resync) and has
+    # not yet received data from a leader. Only such an answer may lower the leader's match
+    # for it: any other answer below match is stale (duplicated or reordered).
+    rebuilding: bool = False
+    # SNAP to a follower's core only (made by its runtime, never read off the wire): the
+    # received state machine, carried to the Ready that installs it.
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,15 @@ class SnapshotMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A received state-machine snapshot: what it covers and its bytes (opaque to the core:
+    the runtime's store checks and installs them)."""
+
+    meta: SnapshotMeta
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Work the runtime must do, in this order (see RawNode.ready):
 
@@ -122,7 +138,7 @@ class Ready:
     read_states: tuple[ReadState, ...]
     send_before_persist: bool
     dropped_reads: tuple[int, ...] = field(default=())
-    snapshot: SnapshotMeta | None = None
+    snapshot: Snapshot | None = None
 
     @property
     def must_sync(self) -> bool:

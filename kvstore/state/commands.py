@@ -29,6 +29,9 @@ class ApplyResult:
         state did not change.
     malformed: the entry could not be decoded; nothing changed. Reported, never raised, so a
         bad entry cannot halt every replica forever.
+    expired: the client has no session although it says earlier writes of its own completed
+        (lowest_pending_seq > 1): its session was evicted, so a retry could not be told from
+        a first attempt. It was NOT applied now; an earlier attempt may have been.
     """
 
     index: int
@@ -38,6 +41,7 @@ class ApplyResult:
     stale: bool
     duplicate: bool = False
     malformed: bool = False
+    expired: bool = False
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:

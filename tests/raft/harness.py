@@ -1,4 +1,12 @@
-"""A tiny synchronous in-memory cluster for driving RawNodes by hand in unit tests."""
+"""A tiny synchronous in-memory cluster for driving RawNodes by hand in unit tests.
+
+Why this does not go through kvstore.server.runtime.NodeRuntime: these tests pin the core's
+own contract (what a Ready holds, what advance() accepts) with no state machine, sessions,
+batching or request registries in between, and deliver messages one round at a time so a
+test can stop the world between any two steps. The runtime's rules are exercised by
+tests/sim, which drives the production runtime over MemoryNodeStore, and by
+tests/server/test_runtime.py.
+"""
 
 from __future__ import annotations
 
@@ -54,8 +62,8 @@ class Cluster:
         rd = node.ready()
         if rd.snapshot is not None:
             # The state a runtime would have streamed: the sender's applied entries.
-            self.storage[node_id].install(rd.snapshot)
-            self.applied[node_id] = list(self.snapshots.pop((node_id, rd.snapshot.index)))
+            self.storage[node_id].install(rd.snapshot.meta)
+            self.applied[node_id] = list(self.snapshots.pop((node_id, rd.snapshot.meta.index)))
         self.storage[node_id].save(rd.hard_state, rd.entries)
         self.applied[node_id].extend(e for e in rd.committed)
         self.reads[node_id].extend(rd.read_states)

@@ -6,7 +6,11 @@ whether a failed write "may have been applied". The simulated client only perfor
 it asks for (an RPC through SimService, or a wait) - exactly what the real KVClient does -
 so the simulation tests the real policy, not a copy of it.
 
-Each client is one sequential process of the history: invoke, then ok / fail / unknown.
+A client has one ClientCore (one client id, one write-id sequence, one leader guess) and
+`concurrency` lanes that call it at the same time, as tasks sharing an AsyncKVClient do;
+each lane is one sequential process of the history: invoke, then ok / fail / unknown.
+With batching on, calls to the same node that overlap in time leave together in one Batch
+RPC, by the real client's coalescing policy (kvstore.client.batching.Coalescer).
 A write whose call failed with maybe_applied=True is "unknown" (it may take effect at any
 later time, or never); with maybe_applied=False it is "fail" and, as a promise to check,
 must never be applied. Stale reads are not linearizable and are kept apart with the node
@@ -24,6 +28,14 @@ from typing import Any
 import grpc
 
 from kvstore.client._core import Backoff, Call, ClientCore, GetResult, RpcFailure
+from kvstore.client.batching import (
+    BatchFailure,
+    Coalescer,
+    batch_request,
+    batchable,
+    from_result,
+    to_op,
+)
 from kvstore.client.errors import KVError
 from kvstore.lincheck import Handle, HistoryRecorder
 from tests.sim.service import SimService, endpoint_of
@@ -44,6 +56,8 @@ class Workload:
     mix: tuple[int, int, int, int, int] = (30, 8, 22, 28, 12)
     timeout_s: float = 1.0
     attempt_timeout_s: float = 0.25
+    concurrency: int = 1  # calls in flight per client (its lanes)
+    batching: bool = False  # coalesce overlapping calls to one node into Batch RPCs
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,16 @@ class _Pending:
     value: bytes | None = None
 
 
+@dataclass
+class _Queued:
+    """A lane's attempt waiting in (or sent with) a batch."""
+
+    lane: _Lane
+    attempt: int
+    endpoint: str
+    op: Any
+
+
 class SimClient:
     def __init__(
         self,
@@ -108,29 +132,100 @@ class SimClient:
             rng=random.Random(rng.getrandbits(64)),
             client_id=name.encode(),
         )
+        n = max(1, workload.concurrency)
+        self.lanes = [_Lane(self, name if n == 1 else f"{name}.{i}") for i in range(1, n + 1)]
+        self._coalescers: dict[str, Coalescer[_Queued]] = {}
+        self._batch_ids = 0
+        self.stopping = False
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
+
+    def run_script(self, ops: list[tuple[str, bytes]], on_done: Callable[[], None]) -> None:
+        """Run fixed operations in order on the first lane (the final reads)."""
+        self.stopping = False
+        self.lanes[0].run_script(ops, on_done)
+
+    @property
+    def busy(self) -> bool:
+        return any(lane.busy for lane in self.lanes)
+
+    # -- the RPC path: direct, or coalesced into Batch RPCs --------------------------------
+
+    def send(self, lane: _Lane, attempt: int, endpoint: str, method: str, request: Any) -> None:
+        if not (self.workload.batching and batchable(method)):
+            self.service.call(endpoint, method, request,
+                              lambda answer: lane.answer(attempt, endpoint, answer))
+            return
+        policy = self._coalescers.get(endpoint)
+        if policy is None:
+            policy = self._coalescers[endpoint] = Coalescer(
+                is_done=lambda q: not q.lane.awaiting(q.attempt))
+        self._launch(endpoint, policy.add(_Queued(lane, attempt, endpoint,
+                                                  to_op(method, request))))
+
+    def _launch(self, endpoint: str, batch: list[_Queued] | None) -> None:
+        if not batch:
+            return
+        self._batch_ids += 1
+        batch_id = self._batch_ids
+        finished: list[bool] = []
+
+        def settle(answer: Any) -> None:
+            if finished:
+                return  # the batch already timed out, or this is a duplicate answer
+            finished.append(True)
+            if isinstance(answer, RpcFailure):
+                for q in batch:
+                    q.lane.answer(q.attempt, endpoint, answer)
+            else:
+                for q, result in zip(batch, answer.results, strict=False):
+                    try:
+                        out: Any = from_result(result)
+                    except BatchFailure as err:
+                        out = err.failure
+                    q.lane.answer(q.attempt, endpoint, out)
+            self._launch(endpoint, self._coalescers[endpoint].finished())
+
+        self.world.log(f"{self.name} batch #{batch_id} of {len(batch)} to {endpoint}")
+        self.service.call(endpoint, "Batch", batch_request([q.op for q in batch]), settle)
+        # The Batch RPC's own deadline: as long as the longest attempt in it may take.
+        self.world.schedule(_us(self.workload.attempt_timeout_s), settle,
+                            RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+
+class _Lane:
+    """One sequential process of the history, calling through its client's core."""
+
+    def __init__(self, client: SimClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.world = client.world
+        self.rng = client.rng
+        self.ledger = client.ledger
+        self.workload = client.workload
         self._n = 0
         self._pending: _Pending | None = None
         self._attempt = 0  # id of the attempt whose answer or timeout is awaited; 0: none
         self._script: list[tuple[str, bytes]] | None = None
         self._on_idle: Callable[[], None] | None = None
-        self.stopping = False
-
-    # -- driving -------------------------------------------------------------------------
 
     def start(self) -> None:
         self.world.schedule(self.rng.randint(*self.workload.think_us), self._next_op)
 
     def run_script(self, ops: list[tuple[str, bytes]], on_done: Callable[[], None]) -> None:
-        """Run fixed operations in order (the final reads), then call on_done."""
         self._script = list(ops)
         self._on_idle = on_done
-        self.stopping = False
         if self._pending is None:
             self.world.schedule(0, self._next_op)
 
     @property
     def busy(self) -> bool:
         return self._pending is not None
+
+    def awaiting(self, attempt: int) -> bool:
+        return self._pending is not None and attempt == self._attempt
 
     def _next_op(self) -> None:
         if self._pending is not None:
@@ -143,7 +238,7 @@ class SimClient:
                     done()
                 return
             kind, key = self._script.pop(0)
-        elif self.stopping:
+        elif self.client.stopping:
             return
         else:
             kind = self.rng.choices(("put", "delete", "cas", "get", "stale"),
@@ -153,7 +248,7 @@ class SimClient:
 
     def _begin(self, kind: str, key: bytes) -> None:
         self._n += 1
-        core, rec, now = self.core, self.ledger.history, self.world.now_s
+        core, rec, now = self.client.core, self.ledger.history, self.world.now_s
         handle: Handle | None = None
         value: bytes | None = None
         if kind == "put":
@@ -176,7 +271,7 @@ class SimClient:
             op = core.get(key)
             desc = f"get {key.decode()}"
         else:
-            node = self.rng.choice(self.node_ids)
+            node = self.rng.choice(self.client.node_ids)
             op = dataclasses.replace(core.get(key, stale=True), pinned=endpoint_of(node))
             desc = f"stale-get {key.decode()}@{node}"
         call = core.start(op, now)
@@ -210,11 +305,10 @@ class SimClient:
             return
         self._attempt += 1
         attempt, endpoint = self._attempt, step.endpoint
-        self.service.call(endpoint, p.call.method, p.call.request,
-                          lambda answer: self._answer(attempt, endpoint, answer))
+        self.client.send(self, attempt, endpoint, p.call.method, p.call.request)
         self.world.schedule(_us(step.timeout), self._attempt_timeout, attempt, endpoint)
 
-    def _answer(self, attempt: int, endpoint: str, answer: Any) -> None:
+    def answer(self, attempt: int, endpoint: str, answer: Any) -> None:
         if attempt != self._attempt or self._pending is None:
             return  # a late answer to an attempt the client already gave up on
         self._attempt += 1
@@ -301,7 +395,7 @@ class SimClient:
         self._pending = None
         if self._script is not None:
             self.world.schedule(0, self._next_op)
-        elif not self.stopping:
+        elif not self.client.stopping:
             self.world.schedule(self.rng.randint(*self.workload.think_us), self._next_op)
 
 

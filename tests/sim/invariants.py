@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from kvstore.raft.types import Entry, EntryType, HardState, Message, MessageType, Role
+from kvstore.server.runtime import Plan
 from kvstore.state import commands
 from kvstore.state.commands import ApplyResult, CommandDecodeError
 from kvstore.storage.memory_store import MemoryNodeStore
@@ -73,9 +74,16 @@ def _entry_text(e: Entry | None) -> str:
     return f"{e.index}/t{e.term} {e.data.hex()[:24]}"
 
 
+def _chain(prev: bytes, e: Entry) -> bytes:
+    return hashlib.blake2b(prev + _HEADER.pack(e.term, e.index, int(e.type)) + e.data,
+                           digest_size=16).digest()
+
+
 class Invariants:
-    def __init__(self, nodes: dict[str, SimNode], log: Callable[[str], None]) -> None:
+    def __init__(self, nodes: dict[str, SimNode], log: Callable[[str], None],
+                 max_sessions: int = 100_000) -> None:
         self.nodes = nodes
+        self.max_sessions = max_sessions
         self._log = log
         self.ids = sorted(nodes)
         self.leaders: dict[int, str] = {}  # term -> leader
@@ -91,42 +99,91 @@ class Invariants:
         self.views: dict[str, _NodeView] = {n: _NodeView() for n in self.ids}
         self.elections = 0
         self.checks = 0
+        self.wipes = 0
+        # The durable logs of nodes wiped for a resync and not rebuilt yet: what they
+        # acknowledged before the operator destroyed it may have counted toward a commit.
+        self.wiped_chains: dict[str, list[bytes]] = {}
+        # The chain hash of the agreed applied log, per index (what a snapshot must match).
+        self.agreed_chain: list[bytes] = []
+        self._oracle = self._new_oracle()
 
     # -- durable writes ----------------------------------------------------------------
 
-    def on_persist(
-        self,
-        node_id: str,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        committed: Sequence[Entry],
-        results: list[ApplyResult],
-    ) -> None:
+    def on_persist(self, node_id: str, plan: Plan, results: list[ApplyResult]) -> None:
+        rd = plan.ready
         store = self.nodes[node_id].disk.store
-        if entries:
-            self._durable_entries(node_id, entries)
+        if rd.snapshot is not None:
+            self._installed(node_id, rd.snapshot.meta.index, rd.snapshot.meta.term)
+        if rd.entries:
+            self._durable_entries(node_id, rd.entries)
         if len(self.chains[node_id]) != store.last_index():
             raise Violation("Durable log", f"{node_id}: the store's log length "
                             f"{store.last_index()} disagrees with what was written")
-        if hard_state is not None:
-            self._durable_hard_state(node_id, hard_state)
+        if rd.hard_state is not None:
+            self._durable_hard_state(node_id, rd.hard_state)
         applied = store.applied_index()
         if applied < self.durable_applied[node_id]:
             raise Violation("Applied monotonicity", f"{node_id}: durable applied index went "
                             f"back from {self.durable_applied[node_id]} to {applied}")
         self.durable_applied[node_id] = applied
         if results:
-            by_index = {e.index: e for e in committed}
+            by_index = {e.index: e for e in rd.committed}
             for r in results:
                 self._applied(node_id, by_index[r.index], r)
+        if rd.snapshot is not None and store.shard_digests() != self._oracle_digests(applied):
+            # (entries after the snapshot may have been applied in the same write)
+            raise Violation("State Machine Safety", (
+                f"{node_id} installed a snapshot at {rd.snapshot.meta.index}; its state at "
+                f"applied index {applied} differs from the agreed log's up to there"))
+
+    def _installed(self, node_id: str, index: int, term: int) -> None:
+        """A snapshot replaced the node's state and log: it must be exactly the agreed
+        applied prefix up to `index` (its log then continues from there)."""
+        if index > len(self.applied):
+            raise Violation("State Machine Safety", f"{node_id} installed a snapshot at "
+                            f"{index}, beyond anything applied ({len(self.applied)})")
+        entry = self.applied[index - 1][0]
+        if entry.term != term:
+            raise Violation("State Machine Safety", f"{node_id} installed a snapshot at "
+                            f"{index} of term {term}, but entry {index} applied has term "
+                            f"{entry.term}")
+        self.chains[node_id] = self.agreed_chain[:index]
+        counts: Counter[tuple[bytes, int]] = Counter()
+        for _, r in self.applied[:index]:
+            if r.client_id and not (r.duplicate or r.stale or r.malformed or r.expired):
+                counts[(r.client_id, r.seq)] += 1
+        self.applications[node_id] = counts
+
+    def _new_oracle(self) -> MemoryNodeStore:
+        return MemoryNodeStore(shards=4, vnodes=16, max_sessions=self.max_sessions)
+
+    def _oracle_digests(self, index: int) -> list[str]:
+        """Shard digests after applying the agreed log up to `index` to a fresh store."""
+        if self._oracle.applied_index() > index:
+            self._oracle = self._new_oracle()
+        start = self._oracle.applied_index()
+        entries = [e for e, _ in self.applied[start:index]]
+        if entries:
+            self._oracle.persist_and_apply(None, entries, entries)
+        return self._oracle.shard_digests()
+
+    def on_wipe(self, node_id: str) -> None:
+        """The node's data dir was replaced by an empty one (resync): it forgets its log,
+        term, vote and state, deliberately."""
+        self.wiped_chains[node_id] = self.chains[node_id]
+        self.chains[node_id] = []
+        self.durable_hs[node_id] = HardState()
+        self.durable_applied[node_id] = 0
+        self.applications[node_id] = Counter()
+        self.views[node_id] = _NodeView()
+        self.wipes += 1
 
     def _durable_entries(self, node_id: str, entries: Sequence[Entry]) -> None:
         chain = self.chains[node_id]
         del chain[entries[0].index - 1:]
         prev = chain[-1] if chain else b""
         for e in entries:
-            h = hashlib.blake2b(prev + _HEADER.pack(e.term, e.index, int(e.type)) + e.data,
-                                digest_size=16).digest()
+            h = _chain(prev, e)
             chain.append(h)
             prev = h
             key = (e.index, e.term)
@@ -174,10 +231,12 @@ class Invariants:
                     f"node applied {_entry_text(first)} -> {res} there"))
         elif i == len(self.applied) + 1:
             self.applied.append((entry, r))
+            prev = self.agreed_chain[-1] if self.agreed_chain else b""
+            self.agreed_chain.append(_chain(prev, entry))
         else:
             raise Violation("State Machine Safety",
                             f"{node_id} applied index {i} before anyone applied {i - 1}")
-        if r.client_id and not (r.duplicate or r.stale or r.malformed):
+        if r.client_id and not (r.duplicate or r.stale or r.malformed or r.expired):
             counts = self.applications[node_id]
             counts[(r.client_id, r.seq)] += 1
             if counts[(r.client_id, r.seq)] > 1:
@@ -242,9 +301,21 @@ class Invariants:
         holders = []
         for n in self.ids:
             store = self.nodes[n].disk.store
-            if store.last_index() >= index and store.term(index) == term:
+            lost = self.wiped_chains.get(n) if self.nodes[n].disk.resync_marker else None
+            if lost is not None and len(lost) >= index:
+                known = self.prefix.get((index, term))
+                if known is not None and lost[index - 1] == known[0]:
+                    holders.append(f"{n} (until wiped)")
+                    continue
+            if index < store.first_index() - 1:
+                if store.applied_index() >= index:  # compacted: it is in the state machine
+                    holders.append(n)
+            elif store.last_index() >= index and store.term(index) == term:
                 holders.append(n)
         if len(holders) < len(self.ids) // 2 + 1:
+            # (a node wiped by the operator counts for what it held: one lost disk is a
+            # fault Raft tolerates; the damage a second fault would do is caught as lost
+            # writes and by Leader Completeness)
             raise Violation("Commit durability", (
                 f"{leader} committed index {index} (term {term}), but only {holders or 'no one'} "
                 f"hold it on disk - not a majority of {len(self.ids)}"))
@@ -254,7 +325,10 @@ class Invariants:
         term = node.raw.raft.term  # type: ignore[union-attr]
         known = len(self.committed)
         new_from = known + 1
-        for e in log.entries(lo, hi + 1):
+        # Below the log's first index the entries are in the node's snapshot, which was
+        # checked against the agreed log when it was installed.
+        lo = max(lo, log.first_index())
+        for e in log.entries(lo, hi + 1) if lo <= hi else []:
             if e.index <= known:
                 c = self.committed[e.index - 1]
                 if c.entry != e:
@@ -289,6 +363,8 @@ class Invariants:
             if c.commit_term >= r.term:
                 continue
             i = c.entry.index
+            if i < r.log.first_index():
+                continue  # in its snapshot, checked against the agreed log at install
             if r.log.term(i) != c.entry.term:
                 have = r.log.entries(i, i + 1) if i <= r.log.last_index() else []
                 raise Violation("Leader Completeness", (
@@ -360,7 +436,7 @@ class Invariants:
     def _key_timeline(self) -> dict[bytes, tuple[list[int], list[bytes | None]]]:
         """Replay the agreed applied log on a fresh store: each key's value after each index
         that changed it."""
-        oracle = MemoryNodeStore(shards=4, vnodes=16)
+        oracle = self._new_oracle()
         timeline: dict[bytes, tuple[list[int], list[bytes | None]]] = {}
         for entry, _ in self.applied:
             oracle.persist_and_apply(None, [entry], [entry])

@@ -34,6 +34,8 @@ class FaultProfile:
     crash_kinds: tuple[int, int, int, int, int] = (6, 2, 2, 2, 1)
     churn_weight: int = 1
     churn_us: tuple[int, int] = (200 * US_PER_MS, 1500 * US_PER_MS)
+    # `kvstore cluster resync`: a follower's data dir is replaced by an empty one.
+    wipe_weight: int = 0
 
 
 class Nemesis:
@@ -49,6 +51,7 @@ class Nemesis:
         profile: FaultProfile,
         leader: Callable[[], str | None],
         observe: Callable[[], None],
+        on_wipe: Callable[[str], None] = lambda _node: None,
     ) -> None:
         self.world = world
         self.rng = rng
@@ -58,12 +61,13 @@ class Nemesis:
         self.profile = profile
         self._leader = leader
         self.observe = observe  # check invariants now (before a crash inside a step)
+        self._on_wipe = on_wipe  # tell the invariants the node forgets, on purpose
         self.active = False
         self._partition_epoch = 0
         self._arm_epoch = 0
         self._churn_until = 0
         self._churn_step = 0
-        self.counts = {"partition": 0, "crash": 0, "slow": 0, "churn": 0}
+        self.counts = {"partition": 0, "crash": 0, "slow": 0, "churn": 0, "wipe": 0}
 
     def start(self) -> None:
         self.active = True
@@ -79,12 +83,15 @@ class Nemesis:
         if not self.active:
             return
         p = self.profile
-        weights = (p.partition_weight, p.crash_weight, p.slow_weight, p.churn_weight)
+        weights = (p.partition_weight, p.crash_weight, p.slow_weight, p.churn_weight,
+                   p.wipe_weight)
         if not any(weights):
             return  # a calm run
-        kind = self.rng.choices(("partition", "crash", "slow", "churn"), weights)[0]
+        kind = self.rng.choices(("partition", "crash", "slow", "churn", "wipe"), weights)[0]
         if kind == "partition":
             self._partition()
+        elif kind == "wipe":
+            self._wipe()
         elif kind == "crash":
             self._crash()
         elif kind == "churn":
@@ -343,6 +350,31 @@ class Nemesis:
         node = self.nodes[victim]
         if not node.up:
             node.start()
+
+    # -- resync ----------------------------------------------------------------------------
+
+    def _wipe(self) -> None:
+        """An operator rebuilds a follower (`kvstore cluster resync`): kill it, replace its
+        data dir by an empty one marked RESYNC, start it. As the README tells operators,
+        only while the cluster has a leader and the node is its follower in the leader's
+        term: a node that forgot its vote must not have voted in a later term (it never
+        votes again before a leader reaches it)."""
+        leader = self._leader()
+        if leader is None or any(n.disk.resync_marker for n in self.nodes.values()):
+            return  # one rebuild at a time, as an operator would
+        term = self.nodes[leader].disk.store.initial_state().term
+        followers = [n for n in self.ids if n != leader and self.nodes[n].up
+                     and self.nodes[n].disk.store.initial_state().term == term]
+        if not followers:
+            return
+        victim = self.rng.choice(followers)
+        node = self.nodes[victim]
+        self.counts["wipe"] += 1
+        self.world.log(f"NEMESIS wipes {victim} (resync)")
+        node.crash()
+        node.disk.wipe()
+        self._on_wipe(victim)
+        self.world.schedule(self.rng.randint(*self.profile.down_us), self._restart, victim)
 
     # -- slow nodes --------------------------------------------------------------------
 

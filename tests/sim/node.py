@@ -1,35 +1,28 @@
-"""One simulated node: a RawNode driven by the rules of kvstore.server.node.NodeDriver.
+"""One simulated node: the production node runtime (kvstore.server.runtime.NodeRuntime)
+in a virtual-time shell.
 
-The rules copied from NodeDriver, because they are what the simulation must exercise:
-  * a loop turn feeds every tick (at most 3 after a stall), message, proposal and read that
-    arrived since the last turn; all proposals of a turn become ONE propose call;
-  * a Ready is carried out as its docstring says: messages go out before the write only when
-    `send_before_persist` says so (a leader's appends), otherwise after the write completes;
-    the write (hard state + entries + committed entries applied) is one atomic durable step;
-  * no input reaches the core between ready() and advance(): inputs queue meanwhile;
-  * proposals are answered by (log index, term), never by order; ReadIndex requests are
-    answered once applied >= the read index; everything pending fails on step-down;
-  * losses the transport noticed are reported to the core (report_unreachable) at the next
-    turn; SNAP requests are answered "failed" (report_snapshot), as NodeDriver does without
-    a snapshot sender - MemoryNodeStore cannot compact, so snapshots are not simulated.
+The shell does what NodeDriver does with sockets, threads and LMDB, with simulated ones: it
+wakes on input and ticks, feeds the runtime, carries each Plan out (messages before or after
+the durable write as the plan says; the write on the simulated disk, which takes time and
+is lost in a crash), streams snapshots through the simulated network, and compacts when the
+runtime says so. Every rule lives in the runtime; nothing here decides what Raft does.
 
-Crash drops everything volatile (the RawNode, queues, the write in progress); restart builds
-a new RawNode over the surviving store with applied = store.applied_index().
+Crash drops everything volatile (the runtime, its queues, the write in progress); restart
+builds a new runtime over the surviving store. A wiped node (resync) restarts on an empty
+store marked "resyncing", as `kvstore cluster resync` does.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from kvstore.raft.core import RaftConfig
-from kvstore.raft.errors import NotLeader
 from kvstore.raft.rawnode import RawNode
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import Entry, Message, MessageType, Ready, Role
-from kvstore.server.node import LeadershipLost, resolve_applied
+from kvstore.raft.types import Message, MessageType, Role
+from kvstore.server.runtime import NodeRuntime, Plan
 from kvstore.state.commands import ApplyResult
 from tests.sim.disk import SimDisk
 from tests.sim.network import describe
@@ -37,7 +30,8 @@ from tests.sim.world import World
 
 T = TypeVar("T")
 
-MAX_TICKS_PER_TURN = 3  # NodeDriver: after a stall, don't fire a burst of elections
+# (source node, peer, leader term, snapshot bytes, done(delivered?))
+SnapshotStreamer = Callable[[str, str, int, bytes, Callable[[bool], None]], None]
 
 
 class ConnectionLost(Exception):
@@ -97,9 +91,20 @@ class NodeTiming:
         self.stalled_until = 0  # a paused process (GC, SIGSTOP): no turns until then
 
 
+class SimRuntime(NodeRuntime):
+    """The production runtime with the simulator's core hook."""
+
+    def __init__(self, node: SimNode, **kwargs: Any) -> None:
+        self._node = node
+        super().__init__(**kwargs)
+
+    def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
+        return self._node.open_raw(config, storage, rng)
+
+
 class SimNode:
-    """The runtime of one node. Subclass and override `open_raw` or `send_early` to build
-    deliberately broken runtimes (see test_mutations.py)."""
+    """The shell of one node. Subclass and override `open_raw` or `send_early` to build
+    deliberately broken nodes (see test_mutations.py)."""
 
     def __init__(
         self,
@@ -111,6 +116,8 @@ class SimNode:
         rng_source: random.Random,
         timing: NodeTiming,
         raft_options: dict[str, Any],
+        snapshot_entries: int = 10_000,
+        stream_snapshot: SnapshotStreamer | None = None,
     ) -> None:
         self.world = world
         self.id = node_id
@@ -119,11 +126,14 @@ class SimNode:
         self._send = send
         self._rng_source = rng_source
         self.timing = timing
-        self.raft_options = raft_options
+        self.raft_options = dict(raft_options)
+        self.election_ticks = self.raft_options.pop("election_ticks", 6)
+        self.snapshot_entries = snapshot_entries
+        self._stream_snapshot = stream_snapshot
         self.rng = random.Random(rng_source.getrandbits(64))  # runtime jitter
         self.up = False
         self.incarnation = 0
-        self.raw: RawNode | None = None
+        self.rt: NodeRuntime | None = None
         # One-shot callbacks run when this node's runtime learns it became leader (the
         # nemesis uses them to crash a fresh leader before its no-op commits).
         self.on_leader: list[Callable[[SimNode], None]] = []
@@ -132,26 +142,36 @@ class SimNode:
         self.on_commit: list[Callable[[SimNode], None]] = []
         # One-shot callbacks run right after this node sent a vote grant.
         self.on_vote: list[Callable[[SimNode], None]] = []
+        self.snapshots_installed = 0
+        self.compactions = 0
         self._reset_volatile()
+
+    # -- views used by the runner and the invariants --------------------------------------
+
+    @property
+    def raw(self) -> RawNode | None:
+        return self.rt.raw if self.rt is not None else None
+
+    @property
+    def role(self) -> Role:
+        return self.rt.role if self.rt is not None else Role.FOLLOWER
+
+    @property
+    def leader(self) -> str:
+        return self.rt.leader if self.rt is not None else ""
+
+    @property
+    def applied_index(self) -> int:
+        if self.rt is not None:
+            return self.rt.applied_index
+        return self.disk.store.applied_index()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def _reset_volatile(self) -> None:
-        self.role = Role.FOLLOWER
-        self.leader = ""
-        self.applied_index = self.disk.store.applied_index()
-        self._inbox: list[Message] = []
-        self._proposals: list[tuple[bytes, Promise[ApplyResult]]] = []
-        self._read_requests: list[Promise[int]] = []
-        self._unreachable: list[str] = []
-        self._snapshot_reports: list[tuple[str, int | None]] = []
-        self._ticks_due = 0
         self._turn_scheduled = False
-        self._busy = False  # a Ready is being carried out (between ready() and advance())
-        self._waiting_entries: dict[int, tuple[int, Promise[ApplyResult]]] = {}
-        self._read_ids = itertools.count(1)
-        self._waiting_read_ids: dict[int, Promise[int]] = {}
-        self._waiting_apply: list[tuple[int, Promise[int]]] = []
+        self._busy = False  # a plan is being carried out (between next_plan and finish)
+        self._was_leader = False
 
     def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
         """Build the core over the durable store (hook for the forget-the-vote mutation)."""
@@ -167,18 +187,25 @@ class SimNode:
         self.up = True
         self._reset_volatile()
         store = self.disk.store
-        config = RaftConfig(
+        # Each incarnation gets a fresh stream derived from the node's own stream.
+        self.rt = SimRuntime(
+            self,
             node_id=self.id,
             voters=self.voters,
-            applied=store.applied_index(),
-            **self.raft_options,
+            store=store,
+            rng=random.Random(self._rng_source.getrandbits(64)),
+            election_ticks=self.election_ticks,
+            snapshot_entries=self.snapshot_entries,
+            can_send_snapshots=self._stream_snapshot is not None,
+            resyncing=self.disk.resync_marker,
+            log=self._core_log,
+            raft_options=self.raft_options,
         )
-        # Each incarnation gets a fresh stream derived from the node's own stream.
-        self.raw = self.open_raw(config, store, random.Random(self._rng_source.getrandbits(64)))
         hs = store.initial_state()
         self.world.log(
             f"START {self.id} #{self.incarnation} term={hs.term} vote={hs.vote or '-'} "
             f"commit={hs.commit} applied={store.applied_index()} last={store.last_index()}"
+            f"{' RESYNC' if self.disk.resync_marker else ''}"
         )
         self.world.schedule(self.rng.randint(0, self.timing.tick_us), self._tick,
                             self.incarnation)
@@ -192,48 +219,55 @@ class SimNode:
         self.up = False
         self.incarnation += 1
         self.disk.crash()
-        self.raw = None
-        self._fail_all(ConnectionLost(f"{self.id} crashed"))
+        rt, self.rt = self.rt, None
+        if rt is not None:
+            rt.fail_all(ConnectionLost(f"{self.id} crashed"))
         self._reset_volatile()
 
     # -- inputs ------------------------------------------------------------------------
 
     def deliver(self, msg: Message) -> None:
-        if not self.up:
+        if not self.up or self.rt is None:
             return
         self.world.log(f"recv {describe(msg)}")
-        self._inbox.append(msg)
+        if self.rt.deliver(msg):
+            self._wake()
+
+    def deliver_snapshot(self, src: str, term: int, data: bytes) -> None:
+        """A whole snapshot arrived (InstallSnapshot); raises ValueError if damaged."""
+        assert self.rt is not None
+        self.world.log(f"recv snapshot from {src} t{term} ({len(data)} bytes)")
+        self.rt.deliver_snapshot(src, term, data)
         self._wake()
 
     def propose(self, data: bytes) -> Promise[ApplyResult]:
-        """NodeDriver.propose: refuse at once unless this runtime believes it leads."""
         fut: Promise[ApplyResult] = Promise()
-        if self.role != Role.LEADER:
-            fut.set_exception(NotLeader(self.leader))
+        if self.rt is None:
+            fut.set_exception(ConnectionLost(f"{self.id} is down"))
             return fut
-        self._proposals.append((data, fut))
+        self.rt.propose(data, fut)
         self._wake()
         return fut
 
     def read_index(self) -> Promise[int]:
         fut: Promise[int] = Promise()
-        if self.role != Role.LEADER:
-            fut.set_exception(NotLeader(self.leader))
+        if self.rt is None:
+            fut.set_exception(ConnectionLost(f"{self.id} is down"))
             return fut
-        self._read_requests.append(fut)
+        self.rt.read_index(fut)
         self._wake()
         return fut
 
     def report_unreachable(self, peer: str) -> None:
-        """The transport lost messages to `peer` (NodeDriver.report_unreachable)."""
-        if self.up and peer not in self._unreachable:
-            self._unreachable.append(peer)
+        """The transport lost messages to `peer`."""
+        if self.up and self.rt is not None:
+            self.rt.report_unreachable(peer)
             self._wake()
 
     def _tick(self, incarnation: int) -> None:
-        if incarnation != self.incarnation:
+        if incarnation != self.incarnation or self.rt is None:
             return
-        self._ticks_due += 1
+        self.rt.tick()
         self._wake()
         period = self.timing.tick_us * self.timing.tick_factor
         self.world.schedule(period, self._tick, incarnation)
@@ -254,18 +288,21 @@ class SimNode:
             return
         self._turn_scheduled = False
         if self._busy:
-            return  # inputs wait for the Ready being carried out; its end wakes us
+            return  # inputs wait for the plan being carried out; its end wakes us
         if self.timing.stalled_until > self.world.now:
             self._wake()
             return
-        assert self.raw is not None
-        commit = self.raw.raft.log.committed
-        if not self.raw.has_ready():
-            self._feed_inputs()
+        rt = self.rt
+        assert rt is not None
+        commit = rt.raw.raft.log.committed
+        rt.feed()
         if not self._commit_failpoint(commit):
             return  # crashed at the failpoint
-        if self.raw.has_ready():
-            self._handle_ready(self.raw.ready())
+        plan = rt.next_plan()
+        if plan is None:
+            self._maybe_compact()
+            return
+        self._carry_out(plan)
 
     def _commit_failpoint(self, commit_before: int) -> bool:
         """Run on_commit hooks if this leader just advanced its commit index; False if a
@@ -281,49 +318,6 @@ class SimNode:
             hook(self)
         return incarnation == self.incarnation
 
-    def _has_inputs(self) -> bool:
-        return bool(self._inbox or self._proposals or self._read_requests or self._ticks_due
-                    or self._unreachable or self._snapshot_reports)
-
-    def _feed_inputs(self) -> None:
-        raw = self.raw
-        assert raw is not None
-        ticks, self._ticks_due = self._ticks_due, 0
-        for _ in range(min(ticks, MAX_TICKS_PER_TURN)):
-            raw.tick()
-        msgs, self._inbox = self._inbox, []
-        for m in msgs:
-            raw.step(m)
-        reports, self._snapshot_reports = self._snapshot_reports, []
-        for peer, index in reports:
-            raw.report_snapshot(peer, index)
-        lost, self._unreachable = self._unreachable, []
-        for peer in lost:
-            raw.report_unreachable(peer)
-        props, self._proposals = self._proposals, []
-        props = [p for p in props if not p[1].done()]
-        if props:
-            try:
-                first, term = raw.propose([data for data, _ in props])
-            except NotLeader as err:
-                for _, fut in props:
-                    fut.set_exception(NotLeader(err.leader))
-            else:
-                self.world.log(f"{self.id} proposed [{first}..{first + len(props) - 1}] t{term}")
-                for i, (_, fut) in enumerate(props):
-                    self._waiting_entries[first + i] = (term, fut)
-        reads, self._read_requests = self._read_requests, []
-        for rfut in reads:
-            if rfut.done():
-                continue
-            rid = next(self._read_ids)
-            try:
-                raw.read_index(rid)
-            except NotLeader as err:
-                rfut.set_exception(NotLeader(err.leader))
-            else:
-                self._waiting_read_ids[rid] = rfut
-
     def _emit(self, msgs: Sequence[Message]) -> None:
         self._send(msgs)
         if self.on_vote and any(m.type == MessageType.VOTE_RESP and not m.reject for m in msgs):
@@ -331,104 +325,86 @@ class SimNode:
             for hook in hooks:
                 hook(self)
 
-    def send_early(self, rd: Ready) -> bool:
-        """Whether this Ready's messages go out before its write (the Ready decides)."""
-        return rd.send_before_persist
+    def send_early(self, plan: Plan) -> bool:
+        """Whether this plan's messages go out before its write (the plan decides)."""
+        return bool(plan.send_now)
 
-    def _handle_ready(self, rd: Ready) -> None:
-        if rd.soft_state is not None:
-            incarnation = self.incarnation
-            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+    def _carry_out(self, plan: Plan) -> None:
+        incarnation = self.incarnation
+        if plan.ready.soft_state is not None:
+            self._on_soft_state(plan.ready.soft_state.role)
             if incarnation != self.incarnation:
                 return  # a hook crashed the node before it sent anything
-        # MemoryNodeStore has no compaction, so no follower ever needs a snapshot and none
-        # is ever installed; a SNAP request is answered as NodeDriver does without a
-        # snapshot sender: "failed", and the core retries later.
-        assert rd.snapshot is None, "snapshots are not simulated"
-        messages = [m for m in rd.messages if m.type != MessageType.SNAP]
-        for m in rd.messages:
-            if m.type == MessageType.SNAP:
-                self._snapshot_reports.append((m.dst, None))
-        early = self.send_early(rd)
+        messages = (*plan.send_now, *plan.send_after)
+        early = self.send_early(plan)
         if early and messages:
             self._emit(messages)
-        if rd.must_sync or rd.committed:
+        for peer, term in plan.snapshot_to:
+            self._start_snapshot(peer, term)
+        if plan.needs_write:
             self._busy = True
-            incarnation = self.incarnation
-            self.disk.write(rd.hard_state, rd.entries, rd.committed,
-                            lambda results: self._persisted(incarnation, rd, messages, early,
-                                                            results))
+            self.disk.write(plan, lambda results: self._persisted(incarnation, plan, messages,
+                                                                  early, results))
         else:
-            self._finish_ready(rd, messages, early, [])
+            self._finish(plan, messages, early, [])
 
-    def _persisted(self, incarnation: int, rd: Ready, messages: list[Message], early: bool,
-                   results: list[ApplyResult]) -> None:
+    def _persisted(self, incarnation: int, plan: Plan, messages: tuple[Message, ...],
+                   early: bool, results: list[ApplyResult]) -> None:
         if incarnation != self.incarnation:
             return
         self._busy = False
-        self._finish_ready(rd, messages, early, results)
+        self._finish(plan, messages, early, results)
 
-    def _finish_ready(self, rd: Ready, messages: list[Message], early: bool,
-                      results: list[ApplyResult]) -> None:
+    def _finish(self, plan: Plan, messages: tuple[Message, ...], early: bool,
+                results: list[ApplyResult]) -> None:
+        rt = self.rt
+        assert rt is not None
         if not early and messages:
             self._emit(messages)
-        if rd.committed:
-            self.applied_index = rd.committed[-1].index
-            self._resolve_applied(rd.committed, results)
-        for rs in rd.read_states:
-            fut = self._waiting_read_ids.pop(rs.request_id, None)
-            if fut is not None and not fut.done():
-                self._waiting_apply.append((rs.index, fut))
-        for rid in rd.dropped_reads:
-            fut = self._waiting_read_ids.pop(rid, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
-        self._release_reads()
-        assert self.raw is not None
-        commit = self.raw.raft.log.committed
-        self.raw.advance(rd)
+        if plan.install is not None:
+            self.snapshots_installed += 1
+        commit = rt.raw.raft.log.committed
+        rt.finish(plan, results)
+        if rt.resync_finished():
+            self.disk.resync_marker = False
+            self.world.log(f"{self.id} resync finished: an ordinary member again")
         if not self._commit_failpoint(commit):
             return
-        if self.raw.has_ready() or self._has_inputs():
+        self._maybe_compact()
+        if rt.wants_turn():
             self._wake()
 
-    def _resolve_applied(self, committed: tuple[Entry, ...], results: list[ApplyResult]) -> None:
-        resolve_applied(self._waiting_entries, committed, results)
+    def _maybe_compact(self) -> None:
+        rt = self.rt
+        assert rt is not None
+        upto = rt.compaction_due()
+        if upto is not None:
+            self.disk.store.compact(upto)
+            self.compactions += 1
+            self.world.log(f"{self.id} compacted the log up to {upto}")
 
-    def _release_reads(self) -> None:
-        still = []
-        for index, fut in self._waiting_apply:
-            if fut.done():
-                continue
-            if index <= self.applied_index:
-                fut.set_result(index)
-            else:
-                still.append((index, fut))
-        self._waiting_apply = still
+    # -- snapshots ---------------------------------------------------------------------------
 
-    def _on_soft_state(self, role: Role, leader: str) -> None:
-        was_leader = self.role == Role.LEADER
-        self.role, self.leader = role, leader
-        if was_leader and role != Role.LEADER:
-            self._fail_all(LeadershipLost("leadership lost; the write may or may not apply"))
+    def _start_snapshot(self, peer: str, term: int) -> None:
+        """Stream our current state to `peer`, as NodeDriver does over InstallSnapshot."""
+        assert self._stream_snapshot is not None
+        meta, data = self.disk.store.export_snapshot()
+        incarnation = self.incarnation
+        self.world.log(f"{self.id} streams snapshot at {meta.index} to {peer}")
+
+        def done(ok: bool) -> None:
+            if incarnation != self.incarnation or self.rt is None:
+                return  # we crashed meanwhile: the new runtime knows nothing of it
+            self.rt.snapshot_sent(peer, meta.index if ok else None)
+            self._wake()
+
+        self._stream_snapshot(self.id, peer, term, data, done)
+
+    # -- role changes ------------------------------------------------------------------------
+
+    def _on_soft_state(self, role: Role) -> None:
+        was_leader, self._was_leader = self._was_leader, role == Role.LEADER
         if role == Role.LEADER and not was_leader and self.on_leader:
             hooks, self.on_leader = self.on_leader, []
             for hook in hooks:
                 hook(self)
-
-    def _fail_all(self, err: Exception) -> None:
-        for _, fut in self._waiting_entries.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._waiting_entries.clear()
-        for _, pfut in self._proposals:
-            if not pfut.done():
-                pfut.set_exception(err)
-        self._proposals.clear()
-        for rfut in [*self._read_requests, *self._waiting_read_ids.values(),
-                     *(f for _, f in self._waiting_apply)]:
-            if not rfut.done():
-                rfut.set_exception(err)
-        self._read_requests.clear()
-        self._waiting_read_ids.clear()
-        self._waiting_apply.clear()

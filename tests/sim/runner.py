@@ -22,7 +22,8 @@ from typing import Any
 
 from kvstore.lincheck import HistoryRecorder, check
 from kvstore.raft.progress import ProgressState
-from kvstore.raft.types import Entry, HardState, Message, Role
+from kvstore.raft.types import Message, Role
+from kvstore.server.runtime import Plan
 from kvstore.state.commands import ApplyResult
 from tests.sim.clients import ClientLedger, SimClient, Workload
 from tests.sim.disk import SimDisk
@@ -79,6 +80,9 @@ class Profile:
     raft: dict[str, Any]
     clients: int
     workload: Workload
+    snapshot_entries: int = 10_000
+    max_sessions: int = 100_000
+    snapshot_corrupt: float = 0.0  # chance that a streamed snapshot arrives damaged
 
     def describe(self) -> str:
         n, f = self.net, self.faults
@@ -86,9 +90,13 @@ class Profile:
                 f"reported={n.report_loss}; rpc loss="
                 f"{self.rpc.lose_request}/{self.rpc.lose_response}; faults every "
                 f"{f.interval_us[0] // US_PER_MS}-{f.interval_us[1] // US_PER_MS}ms weights "
-                f"p{f.partition_weight}/c{f.crash_weight}/s{f.slow_weight}/ch{f.churn_weight} "
+                f"p{f.partition_weight}/c{f.crash_weight}/s{f.slow_weight}/ch{f.churn_weight}"
+                f"/w{f.wipe_weight} "
                 f"mid-write={f.crash_mid_write:.2f}; disk {self.disk_us}us; raft {self.raft}; "
-                f"{self.clients} clients on {len(self.workload.keys)} keys")
+                f"{self.clients} clients on {len(self.workload.keys)} keys "
+                f"(up to {self.workload.concurrency} calls each, batching "
+                f"{self.workload.batching}); compact at {self.snapshot_entries} entries; "
+                f"{self.max_sessions} sessions; snapshot damage {self.snapshot_corrupt}")
 
 
 def choose_profile(world: World, nodes: int) -> Profile:
@@ -113,6 +121,7 @@ def choose_profile(world: World, nodes: int) -> Profile:
         churn_weight=weights[3],
         crash_mid_write=rng.random(),
         leader_bias=rng.choice((0.3, 0.6, 0.9)),
+        wipe_weight=rng.choice((0, 0, 1, 2)),
     )
     disk_us = (rng.randint(100, 1000), rng.randint(1000, 6000))
     raft: dict[str, Any] = {
@@ -126,8 +135,18 @@ def choose_profile(world: World, nodes: int) -> Profile:
         "check_quorum": rng.random() > 0.1,
     }
     clients = rng.randint(2, 4) if nodes <= 3 else rng.randint(3, 5)
-    keys = tuple(f"k{i}".encode() for i in range(rng.randint(2, 4)))
-    return Profile(net, rpc, faults, disk_us, raft, clients, Workload(keys=keys))
+    concurrency = rng.choice((1, 1, 2, 4, 6))
+    # More calls in flight get more keys, so the per-key histories the linearizability
+    # checker searches stay small enough to decide.
+    keys = tuple(f"k{i}".encode() for i in range(rng.randint(2, 4) * max(1, concurrency // 2)))
+    workload = Workload(keys=keys, concurrency=concurrency, batching=rng.random() < 0.6)
+    # Small compaction thresholds make followers that were down or partitioned need
+    # snapshots; small session tables make clients' sessions get evicted.
+    snapshot_entries = rng.choice((8, 20, 50, 200, 10_000))
+    max_sessions = rng.choice((100_000,))
+    snapshot_corrupt = rng.choice((0.0, 0.0, 0.1))
+    return Profile(net, rpc, faults, disk_us, raft, clients, workload, snapshot_entries,
+                   max_sessions, snapshot_corrupt)
 
 
 class Simulation:
@@ -140,12 +159,16 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self.network = Network(world, world.derive(), profile.net, self._deliver,
                                self._report_loss)
+        self._snapshot_rng = world.derive()
         for node_id in self.ids:
-            disk = SimDisk(world, world.derive(), node_id, profile.disk_us, self._persisted)
+            disk = SimDisk(world, world.derive(), node_id, profile.disk_us, self._persisted,
+                           profile.max_sessions)
             self.nodes[node_id] = cfg.node_class(
                 world, node_id, tuple(self.ids), disk, self._send, world.derive(),
-                NodeTiming(TICK_US, (20, 300)), profile.raft)
-        self.invariants = Invariants(self.nodes, world.log)
+                NodeTiming(TICK_US, (20, 300)), profile.raft,
+                snapshot_entries=profile.snapshot_entries,
+                stream_snapshot=self._stream_snapshot)
+        self.invariants = Invariants(self.nodes, world.log, profile.max_sessions)
         self.service = SimService(world, world.derive(), self.nodes, profile.rpc)
         self.ledger = ClientLedger(HistoryRecorder(clock=lambda: float(world.now)))
         self.clients = [
@@ -158,13 +181,43 @@ class Simulation:
         self.final_reader = SimClient(world, world.derive(), "final", self.ids, self.service,
                                       self.ledger, final_workload)
         self.nemesis = Nemesis(world, world.derive(), self.nodes, self.network,
-                               profile.faults, self.leader, self.invariants.check_step)
+                               profile.faults, self.leader, self.invariants.check_step,
+                               self.invariants.on_wipe)
 
     # -- wiring --------------------------------------------------------------------------
 
-    def _persisted(self, node_id: str, hard_state: HardState | None, entries: Sequence[Entry],
-                   committed: Sequence[Entry], results: list[ApplyResult]) -> None:
-        self.invariants.on_persist(node_id, hard_state, entries, committed, results)
+    def _persisted(self, node_id: str, plan: Plan, results: list[ApplyResult]) -> None:
+        self.invariants.on_persist(node_id, plan, results)
+
+    def _stream_snapshot(self, src: str, dst: str, term: int, data: bytes,
+                         done: Callable[[bool], None]) -> None:
+        """The InstallSnapshot stream: it takes time by size, fails if either end is cut
+        off or down when it would complete, and may arrive damaged (the receiver must
+        refuse it by its checksum)."""
+        rng = self._snapshot_rng
+        delay = rng.randint(500, 5 * US_PER_MS) + len(data) // 20
+        incarnation = self.nodes[dst].incarnation
+        if self.profile.snapshot_corrupt and rng.random() < self.profile.snapshot_corrupt:
+            i = rng.randrange(len(data))
+            data = data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1:]
+
+        def arrive() -> None:
+            node = self.nodes[dst]
+            if (not node.up or node.incarnation != incarnation
+                    or not self.network.connected(src, dst)
+                    or not self.network.connected(dst, src)):
+                self.world.log(f"snapshot {src}->{dst} broken off")
+                done(False)
+                return
+            try:
+                node.deliver_snapshot(src, term, data)
+            except ValueError as err:
+                self.world.log(f"snapshot {src}->{dst} refused: {err}")
+                done(False)
+                return
+            done(True)
+
+        self.world.schedule(delay, arrive)
 
     def _send(self, msgs: Sequence[Message]) -> None:
         self.invariants.on_send(msgs)
@@ -347,6 +400,10 @@ class Simulation:
             "partitions": self.nemesis.counts["partition"],
             "slow": self.nemesis.counts["slow"],
             "churn": self.nemesis.counts["churn"],
+            "wipes": self.nemesis.counts["wipe"],
+            "snapshots_installed": sum(n.snapshots_installed for n in self.nodes.values()),
+            "compactions": sum(n.compactions for n in self.nodes.values()),
+            "batches": self.service.batches,
             "msgs_sent": self.network.sent,
             "msgs_dropped": self.network.dropped,
             "acked": len(led.acked_writes),

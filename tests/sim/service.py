@@ -1,10 +1,9 @@
-"""Client RPCs in the simulation: the client<->node link and the KV service's rules.
-
-The rules mirror kvstore.server.kv_service: a write is encoded with the request's write id
-and proposed through the node runtime; a linearizable get waits for a ReadIndex point and
-then reads the store; a stale get reads the store at once. Outcomes map to the same gRPC
-status codes the real service returns (NotLeader -> FAILED_PRECONDITION with leader hints,
-LeadershipLost -> UNAVAILABLE, ...), so the real client core makes the same decisions.
+"""Client RPCs in the simulation: the client<->node link and a virtual-time shell around
+the KV service's rules (kvstore.server.kv_rules.KVRules, the same object the gRPC service
+uses): validation, command encoding, answers, Batch fan-out and the mapping of outcomes to
+status codes all come from there, so the real client core makes the same decisions here as
+against a real node. What this shell does is what kv_service does with asyncio: a write
+waits for its proposal, a linearizable get for a ReadIndex point, then reads the store.
 
 The link has latency and can lose a request or a response (the client then times out and
 cannot know whether a write happened). A request to a node that is down fails fast with
@@ -21,9 +20,8 @@ from typing import Any
 import grpc
 
 from kvstore.client._core import RpcFailure
-from kvstore.raft.errors import NotLeader
-from kvstore.server.node import LeadershipLost, StaleRequest
-from kvstore.state import commands
+from kvstore.server.kv_rules import KVRules, RequestError
+from kvstore.server.runtime import LeadershipLost
 from kvstore.v1 import kv_pb2
 from tests.sim.node import ConnectionLost, Promise, SimNode
 from tests.sim.world import US_PER_MS, World
@@ -58,6 +56,11 @@ class SimService:
         self.profile = profile
         # Every stale read served, in serving order: (node, key, value, applied index).
         self.stale_served: list[tuple[str, bytes, bytes | None, int]] = []
+        self.batches = 0
+        self.rules = {
+            n: KVRules(n, 4096, 1 << 20, endpoint_of)
+            for n in nodes
+        }
 
     def _delay(self) -> int:
         return self.rng.randint(self.profile.min_delay_us, self.profile.max_delay_us)
@@ -87,79 +90,100 @@ class SimService:
             # It may have crashed after reading the request: the client cannot tell.
             self._respond(reply, RpcFailure(grpc.StatusCode.UNAVAILABLE, "connection reset"))
             return
-        if method == "Get":
-            self._get(node, request, reply)
-            return
-        w = request.write_id
-        cid, seq, low = w.client_id, w.seq, w.lowest_pending_seq
-        if method == "Put":
-            data = commands.encode_put(cid, seq, low, request.key, request.value)
-        elif method == "Delete":
-            data = commands.encode_delete(cid, seq, low, request.key)
-        elif method == "CompareAndSwap":
-            expected = None if request.expect_absent else request.expected
-            data = commands.encode_cas(cid, seq, low, request.key, expected, request.value)
-        else:
-            raise AssertionError(f"unknown method {method}")
-        fut = node.propose(data)
-        fut.add_done_callback(lambda f: self._write_done(node, method, f, reply))
+        rules = self.rules[node.id]
 
-    def _write_done(self, node: SimNode, method: str, fut: Promise[Any], reply: Reply) -> None:
-        err = fut.error()
-        if err is not None:
-            self._respond(reply, self._failure(node, err))
-            return
-        res = fut.result()
-        header = self._header(node)
-        if method == "Put":
-            answer: Any = kv_pb2.PutResponse(header=header)
-        elif method == "Delete":
-            answer = kv_pb2.DeleteResponse(header=header, existed=res.ok)
-        else:
-            answer = kv_pb2.CompareAndSwapResponse(header=header, succeeded=res.ok)
-        self._respond(reply, answer)
+        def answer(outcome: Any) -> None:
+            if isinstance(outcome, RequestError):
+                meta = dict(outcome.metadata)
+                outcome = RpcFailure(outcome.code, outcome.message,
+                                     leader_id=meta.get("kvstore-leader-id", ""),
+                                     leader_address=meta.get("kvstore-leader-address", ""))
+            self._respond(reply, outcome)
 
-    def _get(self, node: SimNode, request: Any, reply: Reply) -> None:
+        if method == "Batch":
+            self._batch(node, rules, request, answer)
+        else:
+            self._execute(node, rules, method, request, answer)
+
+    def _batch(self, node: SimNode, rules: KVRules, request: Any,
+               answer: Callable[[Any], None]) -> None:
+        """kv_service.Batch: every operation runs as its own call; the answer goes back
+        when the last one is done."""
+        try:
+            ops = rules.batch_ops(request)
+        except RequestError as err:
+            answer(err)
+            return
+        self.batches += 1
+        results: list[kv_pb2.OpResult | None] = [None] * len(ops)
+        left = [len(ops)]
+
+        def one_done(i: int, method: str | None, outcome: Any) -> None:
+            results[i] = KVRules.op_result(method, outcome)
+            left[0] -= 1
+            if left[0] == 0:
+                answer(kv_pb2.BatchResponse(results=results))
+
+        if not ops:
+            answer(kv_pb2.BatchResponse())
+        for i, op in enumerate(ops):
+            if op is None:
+                one_done(i, None, None)
+            else:
+                method, sub = op
+                self._execute(node, rules, method, sub,
+                              lambda outcome, i=i, method=method: one_done(i, method, outcome))
+
+    def _execute(self, node: SimNode, rules: KVRules, method: str, request: Any,
+                 done: Callable[[Any], None]) -> None:
+        """kv_service._execute: `done` gets the response or a RequestError."""
+        try:
+            op = rules.prepare(method, request)
+        except RequestError as err:
+            done(err)
+            return
+        if op.write is not None:
+            def written(fut: Promise[Any]) -> None:
+                err = fut.error()
+                if err is not None:
+                    done(self._failure(rules, err))
+                else:
+                    done(rules.write_response(method, fut.result(), self._header(node)))
+
+            node.propose(op.write).add_done_callback(written)
+            return
+
         def read(fut: Promise[int] | None = None) -> None:
             err = fut.error() if fut is not None else None
             if err is not None:
-                self._respond(reply, self._failure(node, err))
+                done(self._failure(rules, err))
                 return
-            found, value, applied = node.disk.store.get(request.key)
-            if request.stale:
-                self.stale_served.append((node.id, request.key, value if found else None,
-                                          applied))
-            self._respond(reply, kv_pb2.GetResponse(
-                header=self._header(node, applied), found=found, value=value))
+            found, value, applied = node.disk.store.get(op.key)
+            if not op.linearizable:
+                # A wiped node starts its history over: reads are monotonic per data dir.
+                who = node.id if not node.disk.wipes else f"{node.id}/wipe{node.disk.wipes}"
+                self.stale_served.append((who, op.key, value if found else None, applied))
+            done(rules.read_response(found, value, self._header(node, applied)))
 
-        if request.stale:
-            read()
-        else:
+        if op.linearizable:
             node.read_index().add_done_callback(read)
+            return
+        try:
+            rules.check_local_read(node.rt is not None and node.rt.resyncing)
+        except RequestError as err:
+            done(err)
+            return
+        read()
 
     @staticmethod
     def _header(node: SimNode, applied: int | None = None) -> kv_pb2.ResponseHeader:
-        raw = node.raw
-        return kv_pb2.ResponseHeader(
-            node_id=node.id,
-            applied_index=node.applied_index if applied is None else applied,
-            leader_id=node.leader,
-            term=raw.raft.term if raw is not None else 0,
-        )
+        rt = node.rt
+        return KVRules.header(node.id, node.applied_index if applied is None else applied,
+                              node.leader, rt.term if rt is not None else 0)
 
     @staticmethod
-    def _failure(node: SimNode, err: BaseException) -> RpcFailure:
-        """kv_service._wait's mapping from runtime exceptions to status codes."""
-        if isinstance(err, NotLeader):
-            leader = err.leader
-            return RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"node {node.id} is not the leader",
-                leader_id=leader,
-                leader_address=endpoint_of(leader) if leader else "",
-            )
-        if isinstance(err, StaleRequest):
-            return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        if isinstance(err, (LeadershipLost, ConnectionLost)):
-            return RpcFailure(grpc.StatusCode.UNAVAILABLE, str(err))
-        raise err
+    def _failure(rules: KVRules, err: BaseException) -> RequestError:
+        if isinstance(err, ConnectionLost):
+            # The node died with the request: the client sees the connection drop.
+            err = LeadershipLost(str(err))
+        return rules.failure(err)

@@ -1,0 +1,194 @@
+"""The KV service's rules with no I/O: validate a request, encode its command, build its
+answer, and map every outcome to one gRPC status code.
+
+The gRPC service (kv_service.KVService, asyncio) and the simulator's service (tests/sim)
+both call these, so a client sees the same status codes, messages and leader hints from
+both, and the simulator's clients make the decisions real clients make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from kvstore.raft.errors import NotLeader
+from kvstore.server.runtime import LeadershipLost, SessionExpired, StaleRequest
+from kvstore.state import commands
+from kvstore.state.commands import ApplyResult
+from kvstore.v1 import kv_pb2
+
+MAX_BATCH_OPS = 10_000
+METHODS = ("Put", "Get", "Delete", "CompareAndSwap")
+OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap"}
+LEADER_ID_KEY = "kvstore-leader-id"
+LEADER_ADDRESS_KEY = "kvstore-leader-address"
+
+
+class RequestError(Exception):
+    """A request ends with this gRPC status (and trailing metadata)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.metadata = metadata
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A validated request: a command to propose, or a key to read."""
+
+    method: str
+    write: bytes | None = None  # the encoded command of a write
+    key: bytes = b""  # a read's key
+    linearizable: bool = True  # a read: wait for a ReadIndex point first
+
+    @property
+    def is_write(self) -> bool:
+        return self.write is not None
+
+
+class KVRules:
+    def __init__(
+        self,
+        node_id: str,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        address_of: Callable[[str], str],
+    ) -> None:
+        self.node_id = node_id
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.address_of = address_of
+
+    # -- validation and encoding ---------------------------------------------------------
+
+    def prepare(self, method: str, request: Any) -> Operation:
+        """Check `request` and encode what it asks for; raises RequestError."""
+        self._check_key(request.key)
+        if method == "Get":
+            return Operation(method, key=request.key, linearizable=not request.stale)
+        if method == "Delete":
+            cid, seq, low = self._write_id(request)
+            return Operation(method, commands.encode_delete(cid, seq, low, request.key))
+        self._check_value(request.value)
+        cid, seq, low = self._write_id(request)
+        if method == "Put":
+            return Operation(method, commands.encode_put(cid, seq, low, request.key,
+                                                         request.value))
+        if method == "CompareAndSwap":
+            self._check_value(request.expected)
+            expected = None if request.expect_absent else request.expected
+            return Operation(method, commands.encode_cas(cid, seq, low, request.key, expected,
+                                                         request.value))
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+
+    def check_local_read(self, resyncing: bool) -> None:
+        """A stale (local) read is refused while this node is being rebuilt from the
+        leader: its state is empty or partial, and serving it would send a reader back in
+        time."""
+        if resyncing:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"node {self.node_id} is being rebuilt from the leader "
+                               "(resync); ask another node")
+
+    def batch_ops(self, request: kv_pb2.BatchRequest) -> list[tuple[str, Any] | None]:
+        """(method, request) of each operation of a Batch; None for an empty one."""
+        if len(request.ops) > MAX_BATCH_OPS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"at most {MAX_BATCH_OPS} operations per batch")
+        ops: list[tuple[str, Any] | None] = []
+        for op in request.ops:
+            kind = op.WhichOneof("op")
+            ops.append(None if kind is None else (OP_METHOD[kind], getattr(op, kind)))
+        return ops
+
+    def _check_key(self, key: bytes) -> None:
+        if not 1 <= len(key) <= self.max_key_bytes:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"key must be 1..{self.max_key_bytes} bytes, got {len(key)}")
+
+    def _check_value(self, value: bytes) -> None:
+        if len(value) > self.max_value_bytes:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"value must be at most {self.max_value_bytes} bytes, "
+                               f"got {len(value)}")
+
+    def _write_id(self, req: Any) -> tuple[bytes, int, int]:
+        w = req.write_id
+        if not w.client_id:
+            # A caller without a write id (any non-kvstore client) gets no session: no
+            # retry de-duplication, and it cannot push real clients' sessions out.
+            return b"", 0, 0
+        if w.seq == 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "write_id.seq must be >= 1")
+        return w.client_id, w.seq, w.lowest_pending_seq
+
+    # -- answers -------------------------------------------------------------------------
+
+    @staticmethod
+    def header(node_id: str, applied: int, leader: str, term: int) -> kv_pb2.ResponseHeader:
+        return kv_pb2.ResponseHeader(node_id=node_id, applied_index=applied, leader_id=leader,
+                                     term=term)
+
+    @staticmethod
+    def write_response(method: str, result: ApplyResult, header: kv_pb2.ResponseHeader) -> Any:
+        if method == "Put":
+            return kv_pb2.PutResponse(header=header)
+        if method == "Delete":
+            return kv_pb2.DeleteResponse(header=header, existed=result.ok)
+        return kv_pb2.CompareAndSwapResponse(header=header, succeeded=result.ok)
+
+    @staticmethod
+    def read_response(found: bool, value: bytes, header: kv_pb2.ResponseHeader) -> Any:
+        return kv_pb2.GetResponse(header=header, found=found, value=value)
+
+    @staticmethod
+    def op_result(method: str | None, outcome: Any) -> kv_pb2.OpResult:
+        """One Batch operation's answer: its response, or its status as a unary call would
+        have ended (a RequestError)."""
+        if method is None:
+            return kv_pb2.OpResult(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                   message="empty operation")
+        if isinstance(outcome, RequestError):
+            meta = dict(outcome.metadata)
+            return kv_pb2.OpResult(code=outcome.code.value[0], message=outcome.message,
+                                   leader_id=meta.get(LEADER_ID_KEY, ""),
+                                   leader_address=meta.get(LEADER_ADDRESS_KEY, ""))
+        result = kv_pb2.OpResult()
+        field = {v: k for k, v in OP_METHOD.items()}[method]
+        getattr(result, field).CopyFrom(outcome)
+        return result
+
+    # -- outcomes to status codes --------------------------------------------------------
+
+    def not_leader(self, leader: str) -> RequestError:
+        address = self.address_of(leader) if leader else ""
+        where = f"leader is {leader} at {address}" if leader else "leader unknown"
+        return RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"node {self.node_id} is not the leader; {where}",
+            ((LEADER_ID_KEY, leader), (LEADER_ADDRESS_KEY, address)),
+        )
+
+    def failure(self, err: BaseException) -> RequestError:
+        """The status a request ends with when the runtime failed it with `err`."""
+        if isinstance(err, RequestError):
+            return err
+        if isinstance(err, NotLeader):
+            return self.not_leader(err.leader)
+        if isinstance(err, LeadershipLost):
+            return RequestError(grpc.StatusCode.UNAVAILABLE, str(err))
+        if isinstance(err, StaleRequest):
+            # Not retryable: the session already moved past this write id.
+            return RequestError(grpc.StatusCode.ABORTED, str(err))
+        if isinstance(err, SessionExpired):
+            return RequestError(grpc.StatusCode.NOT_FOUND, str(err))
+        if isinstance(err, TimeoutError):
+            return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "no quorum answered before the deadline; a write may still apply")
+        raise err

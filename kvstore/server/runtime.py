@@ -1,0 +1,432 @@
+"""NodeRuntime: the rules between the Raft core and the world, with no I/O.
+
+The server (kvstore.server.node.NodeDriver, asyncio) and the simulator (tests/sim, virtual
+time) are thin shells around this one synchronous object, so the simulator checks the rules
+the server runs, not a copy of them. The runtime never touches sockets, threads, clocks or
+disk: the shell feeds it inputs, asks it for a Plan, carries the plan out (send, write,
+stream snapshots), and reports back with `finish`.
+
+The rules:
+  * Inputs (ticks, peer messages, proposals, read requests, transport loss, snapshot
+    results) queue until the next turn; `feed` hands them all to the core at once, so every
+    proposal of a turn becomes ONE append, one write and one message per follower. After a
+    stall at most MAX_TICKS_PER_TURN ticks fire, so a paused process does not start a burst
+    of elections.
+  * No input reaches the core between a Ready and its `finish`: the shell is writing it, and
+    the core must never run ahead of its own disk.
+  * A plan's messages go out before its write only when the Ready allows it (a leader's
+    appends, thesis 10.2.1); everything else waits until the write is durable.
+  * Proposals are answered by (log index, term), never by order; an entry replaced after a
+    leader change fails its waiter. ReadIndex requests are answered once applied >= their
+    read index. Everything pending fails when the node stops leading.
+  * A leader streams at most one snapshot per follower at a time; without a snapshot sender
+    a request is reported failed at once and the core retries later.
+  * The log is compacted once it holds `snapshot_entries` applied entries, keeping a fifth
+    of them as a tail so briefly lagging followers catch up from the log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kvstore.raft.core import RaftConfig
+from kvstore.raft.errors import NotLeader
+from kvstore.raft.rawnode import RawNode, Status
+from kvstore.raft.storage import LogStorage
+from kvstore.raft.types import (
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from kvstore.state.commands import ApplyResult
+from kvstore.storage import snapshot_file
+from kvstore.storage.errors import StorageError
+
+MAX_TICKS_PER_TURN = 3
+
+
+class NodeStore(LogStorage, Protocol):
+    """What a node needs of its durable store (LmdbNodeStore, MemoryNodeStore)."""
+
+    def persist_and_apply(
+        self, hard_state: HardState | None, entries: tuple[Entry, ...], committed: tuple[Entry, ...]
+    ) -> list[ApplyResult]: ...
+
+    def applied_index(self) -> int: ...
+
+    def compact(self, upto: int) -> None: ...
+
+    def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta: ...
+
+
+class LeadershipLost(Exception):
+    """The request was accepted by a leader that lost its role before answering; a write
+    may or may not be applied (the client retries it with the same write id)."""
+
+
+class StaleRequest(Exception):
+    """The write id is older than what its session still remembers."""
+
+
+class SessionExpired(Exception):
+    """The client's session was evicted; the write was not applied now (an earlier attempt
+    of it may have been)."""
+
+
+class Waiter(Protocol):
+    """What a waiting request offers: an asyncio.Future, or the simulator's promise."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+def resolve_applied(
+    waiting: dict[int, tuple[int, Waiter]],
+    committed: Sequence[Entry],
+    results: Sequence[ApplyResult],
+) -> None:
+    """Answer the proposals waiting on `committed` entries, matched by (index, term) —
+    never by order: an entry replaced after a leader change fails its waiter."""
+    by_index = {r.index: r for r in results}
+    for e in committed:
+        entry_waiter = waiting.pop(e.index, None)
+        if entry_waiter is None:
+            continue
+        term, fut = entry_waiter
+        if fut.done():
+            continue
+        result = by_index.get(e.index)
+        if e.term != term or result is None:
+            fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
+        elif result.stale:
+            fut.set_exception(StaleRequest("write id older than its session remembers"))
+        elif result.expired:
+            fut.set_exception(SessionExpired(
+                "client session expired (evicted); not applied now, an earlier attempt may "
+                "have been: start a new session"))
+        else:
+            fut.set_result(result)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the shell must do for one Ready, in this order:
+
+    1. send `send_now` (may overlap the write);
+    2. start streaming our state to each peer in `snapshot_to` (in the background; report
+       each outcome with `NodeRuntime.snapshot_sent`);
+    3. if `needs_write`: carry out the durable write (`execute_write` does it on a store);
+    4. send `send_after`, only once the write is durable;
+    5. call `NodeRuntime.finish(plan, results)`.
+    """
+
+    ready: Ready
+    send_now: tuple[Message, ...]
+    send_after: tuple[Message, ...]
+    snapshot_to: tuple[tuple[str, int], ...]  # (peer, our term)
+
+    @property
+    def install(self) -> Snapshot | None:
+        return self.ready.snapshot
+
+    @property
+    def needs_write(self) -> bool:
+        return self.ready.must_sync or bool(self.ready.committed)
+
+
+def execute_write(store: NodeStore, plan: Plan) -> list[ApplyResult]:
+    """The durable part of a plan: install a received snapshot, then persist hard state and
+    entries and apply committed entries (one transaction in LmdbNodeStore). Raises on a
+    storage failure, which is fatal to the node (fail-stop)."""
+    rd = plan.ready
+    hard_state = rd.hard_state
+    if rd.snapshot is not None:
+        store.install_snapshot(rd.snapshot.data, hard_state)
+        hard_state = None
+    if hard_state is not None or rd.entries or rd.committed:
+        return store.persist_and_apply(hard_state, rd.entries, rd.committed)
+    return []
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        node_id: str,
+        voters: Iterable[str],
+        store: NodeStore,
+        rng: random.Random,
+        *,
+        election_ticks: int = 6,
+        snapshot_entries: int = 10_000,
+        can_send_snapshots: bool = True,
+        resyncing: bool = False,
+        log: Callable[[str], None] | None = None,
+        raft_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.snapshot_entries = snapshot_entries
+        self._can_send_snapshots = can_send_snapshots
+        self._log = log or (lambda _text: None)
+        cfg = RaftConfig(
+            node_id=node_id,
+            voters=tuple(voters),
+            election_ticks=election_ticks,
+            applied=store.applied_index(),
+            passive_until_contact=resyncing,
+            **(raft_options or {}),
+        )
+        self.raw = self.open_raw(cfg, store, rng)
+        self.resyncing = resyncing
+        self.role = Role.FOLLOWER
+        self.leader = ""
+        self.applied_index = store.applied_index()
+        # Queued inputs.
+        self._ticks_due = 0
+        self._inbox: list[Message] = []
+        self._proposals: list[tuple[bytes, Waiter]] = []
+        self._read_requests: list[Waiter] = []
+        self._unreachable: list[str] = []
+        self._snapshot_reports: list[tuple[str, int | None]] = []
+        # Waiting requests.
+        self._waiting_entries: dict[int, tuple[int, Waiter]] = {}
+        self._read_ids = itertools.count(1)
+        self._waiting_read_ids: dict[int, Waiter] = {}
+        self._waiting_apply: list[tuple[int, Waiter]] = []
+        self._streaming: set[str] = set()  # peers we are sending a snapshot to
+        self._in_plan: Plan | None = None
+
+    def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
+        """Build the core (a hook for the simulator's deliberately broken runtimes)."""
+        return RawNode(config, storage, rng, logger=self._log)
+
+    # -- inputs: queued until the next turn ----------------------------------------------
+
+    def tick(self) -> None:
+        self._ticks_due += 1
+
+    def deliver(self, msg: Message) -> bool:
+        """A message from a peer. Returns False (and drops it) when it is not one a peer
+        may send us: addressed elsewhere, or a SNAP, which only `deliver_snapshot` makes
+        after checking the snapshot itself."""
+        if msg.dst != self.node_id or msg.type == MessageType.SNAP:
+            self._log(f"refused {msg.type.name} from {msg.src!r} to {msg.dst!r}")
+            return False
+        self._inbox.append(msg)
+        return True
+
+    def deliver_snapshot(self, src: str, term: int, data: bytes) -> None:
+        """A complete snapshot arrived from `src` (leader of `term`). Raises ValueError if it
+        is damaged. The core decides whether to install it; the data travels with the
+        message and comes back in the Ready that installs it."""
+        try:
+            header, _ = snapshot_file.read(data)
+        except StorageError as err:
+            raise ValueError(f"snapshot from {src} rejected: {err}") from None
+        snap = Snapshot(SnapshotMeta(header.index, header.term), data)
+        self._inbox.append(Message(MessageType.SNAP, src, self.node_id, term,
+                                   log_term=header.term, index=header.index, snapshot=snap))
+
+    def propose(self, data: bytes, waiter: Waiter) -> None:
+        """Queue a command for the next batch; `waiter` gets the ApplyResult once applied."""
+        if self.role != Role.LEADER:
+            waiter.set_exception(NotLeader(self.leader))
+            return
+        self._proposals.append((data, waiter))
+
+    def read_index(self, waiter: Waiter) -> None:
+        """`waiter` gets a linearizable read point once this node has applied through an
+        index the leader confirmed after the request arrived."""
+        if self.role != Role.LEADER:
+            waiter.set_exception(NotLeader(self.leader))
+            return
+        self._read_requests.append(waiter)
+
+    def report_unreachable(self, peer: str) -> None:
+        """The transport lost messages to `peer`."""
+        if peer not in self._unreachable:
+            self._unreachable.append(peer)
+
+    def snapshot_sent(self, peer: str, index: int | None) -> None:
+        """Streaming our state to `peer` finished: it covered up to `index`, or failed."""
+        self._streaming.discard(peer)
+        self._snapshot_reports.append((peer, index))
+
+    def has_inputs(self) -> bool:
+        return bool(self._ticks_due or self._inbox or self._proposals or self._read_requests
+                    or self._unreachable or self._snapshot_reports)
+
+    def wants_turn(self) -> bool:
+        """Whether a turn (feed + plans) has anything to do."""
+        return self._in_plan is None and (self.has_inputs() or self.raw.has_ready())
+
+    # -- the turn ------------------------------------------------------------------------
+
+    def feed(self) -> None:
+        """Hand every queued input to the core."""
+        assert self._in_plan is None, "inputs wait until the plan in progress finishes"
+        raw = self.raw
+        ticks, self._ticks_due = self._ticks_due, 0
+        for _ in range(min(ticks, MAX_TICKS_PER_TURN)):
+            raw.tick()
+        msgs, self._inbox = self._inbox, []
+        for m in msgs:
+            raw.step(m)
+        reports, self._snapshot_reports = self._snapshot_reports, []
+        for peer, index in reports:
+            raw.report_snapshot(peer, index)
+        lost, self._unreachable = self._unreachable, []
+        for peer in lost:
+            raw.report_unreachable(peer)
+        props = [(d, w) for d, w in self._proposals if not w.done()]
+        self._proposals = []
+        if props:
+            try:
+                first, term = raw.propose([data for data, _ in props])
+            except NotLeader as err:
+                for _, w in props:
+                    w.set_exception(NotLeader(err.leader))
+            else:
+                for i, (_, w) in enumerate(props):
+                    self._waiting_entries[first + i] = (term, w)
+        reads, self._read_requests = self._read_requests, []
+        for w in reads:
+            if w.done():
+                continue
+            rid = next(self._read_ids)
+            try:
+                raw.read_index(rid)
+            except NotLeader as err:
+                w.set_exception(NotLeader(err.leader))
+            else:
+                self._waiting_read_ids[rid] = w
+
+    def next_plan(self) -> Plan | None:
+        """The next Ready as a plan, or None when the core has nothing to hand out."""
+        assert self._in_plan is None, "finish() the plan in progress first"
+        if not self.raw.has_ready():
+            return None
+        rd = self.raw.ready()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        messages: list[Message] = []
+        snapshot_to: list[tuple[str, int]] = []
+        for m in rd.messages:
+            if m.type != MessageType.SNAP:
+                messages.append(m)
+            elif not self._can_send_snapshots:
+                self._snapshot_reports.append((m.dst, None))
+            elif m.dst not in self._streaming:
+                self._streaming.add(m.dst)
+                snapshot_to.append((m.dst, m.term))
+        early = rd.send_before_persist
+        plan = Plan(
+            ready=rd,
+            send_now=tuple(messages) if early else (),
+            send_after=() if early else tuple(messages),
+            snapshot_to=tuple(snapshot_to),
+        )
+        self._in_plan = plan
+        return plan
+
+    def finish(self, plan: Plan, results: Sequence[ApplyResult]) -> None:
+        """The plan was carried out (its write is durable, `results` are the applied
+        entries' outcomes): answer what waits on it and let the core advance."""
+        assert plan is self._in_plan, "finish() takes the plan in progress"
+        self._in_plan = None
+        rd = plan.ready
+        if rd.snapshot is not None:
+            self.applied_index = rd.snapshot.meta.index
+            self._log(f"installed snapshot at index {rd.snapshot.meta.index} "
+                      f"(term {rd.snapshot.meta.term})")
+        if rd.committed:
+            self.applied_index = rd.committed[-1].index
+            resolve_applied(self._waiting_entries, rd.committed, results)
+        for rs in rd.read_states:
+            w = self._waiting_read_ids.pop(rs.request_id, None)
+            if w is not None and not w.done():
+                self._waiting_apply.append((rs.index, w))
+        for rid in rd.dropped_reads:
+            w = self._waiting_read_ids.pop(rid, None)
+            if w is not None and not w.done():
+                w.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
+        self._release_reads()
+        self.raw.advance(rd)
+
+    def resync_finished(self) -> bool:
+        """True once, when a resyncing node holds data from a leader and it is durable:
+        from then on its data dir is an ordinary member's. (Not at mere contact: a node
+        that restarted after contact but before any data would no longer flag its answers
+        as rebuilding, and the leader would never re-replicate to it.)"""
+        st = self.raw.status()
+        if self.resyncing and self._in_plan is None and not st.passive and not st.rebuilding:
+            self.resyncing = False
+            return True
+        return False
+
+    def compaction_due(self) -> int | None:
+        """The index to compact the log up to, if it holds enough applied entries."""
+        first = self.store.first_index()
+        if self.applied_index - first + 1 < self.snapshot_entries:
+            return None
+        upto = self.applied_index - self.snapshot_entries // 5
+        return upto if upto >= first else None
+
+    def fail_all(self, err: Exception) -> None:
+        """Fail every queued and waiting request (step-down, shutdown, crash)."""
+        for _, w in self._waiting_entries.values():
+            if not w.done():
+                w.set_exception(err)
+        self._waiting_entries.clear()
+        for _, w in self._proposals:
+            if not w.done():
+                w.set_exception(err)
+        self._proposals.clear()
+        for w in [*self._read_requests, *self._waiting_read_ids.values(),
+                  *(w for _, w in self._waiting_apply)]:
+            if not w.done():
+                w.set_exception(err)
+        self._read_requests.clear()
+        self._waiting_read_ids.clear()
+        self._waiting_apply.clear()
+
+    def _release_reads(self) -> None:
+        if not self._waiting_apply:
+            return
+        still = []
+        for index, w in self._waiting_apply:
+            if w.done():
+                continue
+            if index <= self.applied_index:
+                w.set_result(index)
+            else:
+                still.append((index, w))
+        self._waiting_apply = still
+
+    def _on_soft_state(self, role: Role, leader: str) -> None:
+        was_leader = self.role == Role.LEADER
+        self.role, self.leader = role, leader
+        self._log(f"{self.node_id} is now {role.label} (leader {leader or 'unknown'})")
+        if was_leader and role != Role.LEADER:
+            self.fail_all(LeadershipLost("leadership lost; the write may or may not apply"))
+
+    # -- views ---------------------------------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.raw.hard_state().term
+
+    def status(self) -> Status:
+        return self.raw.status()
