@@ -17,7 +17,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.sim.runner import LOST_TAIL_APPEND, run_seed
 from tests.sim.world import US_PER_S, SimulationFailure
@@ -37,6 +37,12 @@ class Outcome:
     failure: str = ""  # the violated invariant
     known: bool = False
     first_line: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+# Per-run counters summed in the summary: what the runs exercised.
+COVERAGE = ("crashes", "partitions", "wipes", "compactions", "snapshots_installed", "batches",
+            "sessions_expired")
 
 
 def run_one(case: tuple[int, int]) -> Outcome:
@@ -48,7 +54,8 @@ def run_one(case: tuple[int, int]) -> Outcome:
         return Outcome(seed, nodes, f.steps, f.sim_us, failure=f.invariant, known=known,
                        first_line=f.detail.splitlines()[0][:160])
     return Outcome(seed, nodes, r.steps, r.sim_us, r.ops_checked, r.stale_checked,
-                   inconclusive=r.lincheck_ok is None)
+                   inconclusive=r.lincheck_ok is None,
+                   stats={k: int(r.stats.get(k, 0)) for k in COVERAGE})
 
 
 def cases(start: int, count: int, nodes: int | None) -> list[tuple[int, int]]:
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ops checked   {sum(r.ops_checked for r in ok):,} for linearizability, "
           f"{sum(r.stale_checked for r in ok):,} stale reads")
     print(f"inconclusive  {sum(1 for r in ok if r.inconclusive)} linearizability checks")
+    print("exercised     " + ", ".join(
+        f"{k.replace('_', ' ')} {sum(r.stats.get(k, 0) for r in ok):,}" for k in COVERAGE))
     print(f"failures      {len(failed)} ({sum(1 for r in failed if r.known)} known core bug)")
     for r in failed:
         tag = " [known core bug]" if r.known else ""
