@@ -24,20 +24,29 @@ Protocol of one call (both shells run exactly this loop)::
                 error = call.on_failure(step.endpoint, failure_from_rpc_error(e), now)
                 if error is not None: raise error
                 continue
-            return call.on_success(step.endpoint, response)
+            result = call.on_success(step.endpoint, response)   # may raise KVError
+            if result is CONTINUE: continue     # a phase ended; ask for the next step
+            return result
     finally:
         call.close()
+
+``call.method`` and ``call.request`` must be read per attempt: a write runs in two
+phases. The cluster assigns client sessions (Raft thesis 6.3, RegisterClient): a write of
+a client that holds no session first registers one (attempts of RegisterSession, with the
+same retries, leader following and deadline), then gets its write id in that session and
+sends the write. A session can be evicted by the cluster; a write naming it is then
+refused with NOT_FOUND and not applied. The call drops that session and starts over in a
+new one if none of its attempts can have been applied, else it raises SessionExpired.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import grpc
 
@@ -45,6 +54,7 @@ from kvstore.client.errors import (
     InvalidArgument,
     KVError,
     NotLeader,
+    SessionExpired,
     StaleWrite,
     Timeout,
     Unavailable,
@@ -134,20 +144,51 @@ class WriteId:
 
 
 class WriteIds:
-    """Allocates (client_id, seq) and tracks which seqs are still in flight.
+    """The client's session and its (client_id, seq) allocation; tracks which seqs are
+    still in flight.
+
+    The session id is assigned by the cluster (RegisterSession), never chosen here: an id
+    the cluster does not hold is refused, which is what keeps a retry after the session's
+    eviction from being applied twice. There is none until a call registers one, and none
+    again after a call learns that it expired, until the next registration.
 
     ``lowest_pending_seq`` lets the servers forget the recorded results of
     writes this client will never retry again (Raft thesis 6.3). A seq leaves
     the pending set when its call ends, whatever the outcome: after that the
-    client never sends it again. A lock makes this safe for a KVClient shared
-    by threads; no I/O happens while it is held.
+    client never sends it again. Seqs keep counting across sessions, so the
+    pending set of one client is one set whatever sessions its calls are in (a
+    lowest_pending_seq that is too low is merely less pruning). A lock makes
+    this safe for a KVClient shared by threads; no I/O happens while it is held.
     """
 
-    def __init__(self, client_id: bytes | None = None) -> None:
-        self.client_id = client_id if client_id is not None else os.urandom(16)
+    def __init__(self) -> None:
+        self._client_id: bytes | None = None
         self._next_seq = 1
         self._pending: set[int] = set()
+        self._registrar: object | None = None  # the call registering a session, if any
         self._lock = threading.Lock()
+
+    @property
+    def client_id(self) -> bytes | None:
+        """The current session's id, or None while the client holds no session."""
+        with self._lock:
+            return self._client_id
+
+    def adopt(self, client_id: bytes) -> bytes:
+        """Use the session ``client_id`` unless the client already holds one; returns the
+        session in use. Two calls that register at once keep the first; the other
+        session is simply never used, and the cluster evicts it in time."""
+        with self._lock:
+            if self._client_id is None:
+                self._client_id = client_id
+            return self._client_id
+
+    def forget(self, client_id: bytes) -> None:
+        """The cluster no longer holds session ``client_id``: stop using it, unless a
+        newer session has already replaced it."""
+        with self._lock:
+            if self._client_id == client_id:
+                self._client_id = None
 
     @property
     def lowest_pending_seq(self) -> int:
@@ -159,16 +200,41 @@ class WriteIds:
         with self._lock:
             return frozenset(self._pending)
 
-    def allocate(self) -> WriteId:
+    def allocate(self, registered: bytes | None = None) -> WriteId | None:
+        """A new write id in the current session, or None if the client holds none.
+
+        ``registered``: a session the caller has just registered, adopted first (in the
+        same critical section, so no concurrent ``forget`` can come in between).
+        """
         with self._lock:
+            if self._client_id is None:
+                self._client_id = registered
+            if self._client_id is None:
+                return None
             seq = self._next_seq
             self._next_seq += 1
             self._pending.add(seq)
-            return WriteId(self.client_id, seq, min(self._pending))
+            return WriteId(self._client_id, seq, min(self._pending))
 
     def release(self, seq: int) -> None:
         with self._lock:
             self._pending.discard(seq)
+
+    def claim_registration(self, caller: object) -> bool:
+        """Whether `caller` may register a session now: one call of a client registers at a
+        time, and the others wait for its session. Otherwise a burst of first writes would
+        register a session each, and the unused ones would push other clients' live
+        sessions out of a small session table."""
+        with self._lock:
+            if self._registrar is None or self._registrar is caller:
+                self._registrar = caller
+                return True
+            return False
+
+    def end_registration(self, caller: object) -> None:
+        with self._lock:
+            if self._registrar is caller:
+                self._registrar = None
 
 
 # --------------------------------------------------------------------------- policy
@@ -273,6 +339,18 @@ class Backoff:
 
 
 Step = Attempt | Backoff
+
+
+class Continue(Enum):
+    """What ``Call.on_success`` returns when the answer ended a phase of the call rather
+    than the call (a session was registered): the shell asks ``next_step`` again."""
+
+    CONTINUE = "continue"
+
+
+CONTINUE: Final = Continue.CONTINUE
+REGISTER_METHOD = "RegisterSession"
+REGISTRATION_WAIT = 0.005  # seconds a write waits while another call registers the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +485,7 @@ class Operation(Generic[R]):
     """One client operation: which RPC, how to build its request, how to read the reply.
 
     ``build`` receives the write id (None for reads) so that the id is allocated
-    only when a call actually starts and is released when it ends.
+    only when a call has a session to send it in, and is released when it ends.
     """
 
     name: str
@@ -441,8 +519,14 @@ class Call(Generic[R]):
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         self.deadline = now + self.timeout
-        self.write_id = write_ids.allocate() if op.is_write else None
-        self.request = op.build(self.write_id)
+        self.write_id: WriteId | None = None
+        self._retired: list[WriteId] = []
+        self._registering = False
+        self.request: Any = None
+        if op.is_write:
+            self._start_write(None)
+        else:
+            self.request = op.build(None)
         self._next_endpoint = op.pinned or router.first_choice()
         self._pending_delay = 0.0
         self._backoffs = 0
@@ -455,7 +539,19 @@ class Call(Generic[R]):
 
     @property
     def method(self) -> str:
-        return self.op.method
+        """The RPC of the next attempt: RegisterSession while the call opens a session."""
+        return REGISTER_METHOD if self._registering else self.op.method
+
+    @property
+    def registering(self) -> bool:
+        """True while this write call is opening a session (before it has a write id)."""
+        return self._registering
+
+    @property
+    def retired_write_ids(self) -> tuple[WriteId, ...]:
+        """Write ids this call gave up because their session had expired; the cluster
+        refused each, and no attempt with it can have been applied."""
+        return tuple(self._retired)
 
     @property
     def attempts(self) -> int:
@@ -471,16 +567,33 @@ class Call(Generic[R]):
             return Backoff(delay)
         if remaining <= MIN_ATTEMPT_SECONDS:
             raise self._out_of_time()
+        if self._registering:
+            self._start_write(None)  # another call may have registered a session meanwhile
+            if self._registering and not self._write_ids.claim_registration(self):
+                return Backoff(REGISTRATION_WAIT)  # another call of ours is registering
         self._attempts += 1
         endpoint = self._next_endpoint
         if endpoint not in self._tried:
             self._tried.append(endpoint)
         return Attempt(endpoint, min(remaining, self._policy.attempt_timeout), self._attempts)
 
-    def on_success(self, endpoint: str, response: Any) -> R:
+    def on_success(self, endpoint: str, response: Any) -> R | Continue:
+        """The attempt succeeded. Returns the call's result, or CONTINUE when the answer
+        registered a session and the write itself is still to be sent. Raises KVError for
+        a registration answer without a session id (a broken server)."""
         if self.op.pinned is None:
             # Only leader-routed calls prove leadership; a stale read does not.
             self._router.learn_leader(endpoint)
+        if self._registering:
+            client_id = bytes(response.client_id)
+            if not client_id:
+                self.close()
+                raise KVError(f"{self.op.name}: {endpoint} registered a session without an id")
+            self._start_write(client_id)
+            # Leader found: the write starts with the retry budget of a fresh call.
+            self._backoffs = 0
+            self._hint_follows = 0
+            return CONTINUE
         self.close()
         return self.op.parse(response)
 
@@ -488,11 +601,16 @@ class Call(Generic[R]):
         """Record a failed attempt. Returns the exception to raise, or None to go on."""
         kind = _RETRYABLE.get(failure.code)
         if kind is None:
+            if failure.code is grpc.StatusCode.NOT_FOUND and self.write_id is not None:
+                return self._session_expired(endpoint, failure)
             self.close()
             return self._fatal(endpoint, failure)
         self._last_failure = (endpoint, failure, kind)
-        if kind is not _Kind.NOT_LEADER and self.op.is_write and not _never_sent(failure):
-            # The request reached (or may have reached) a node that could have proposed it.
+        if kind is not _Kind.NOT_LEADER and self.write_id is not None and not _never_sent(
+            failure
+        ):
+            # The write reached (or may have reached) a node that could have proposed it.
+            # (A registration that may have been applied only leaves an unused session.)
             self._maybe_applied = True
         if kind is _Kind.NOT_LEADER:
             if self.op.pinned is not None:
@@ -511,10 +629,50 @@ class Call(Generic[R]):
         """End the call: its write id will never be sent again. Idempotent."""
         if not self._closed:
             self._closed = True
+            self._write_ids.end_registration(self)
             if self.write_id is not None:
                 self._write_ids.release(self.write_id.seq)
 
     # -- internals
+
+    def _start_write(self, registered: bytes | None) -> None:
+        """Enter the write phase if the client holds a session (or ``registered`` was just
+        registered): allocate the write id and build the request. Otherwise (re)enter the
+        register phase."""
+        write_id = self._write_ids.allocate(registered)
+        if write_id is None:
+            self._registering = True
+            self.request = kv_pb2.RegisterSessionRequest()
+            return
+        self._registering = False
+        self._write_ids.end_registration(self)
+        self.write_id = write_id
+        self.request = self.op.build(write_id)
+
+    def _session_expired(self, endpoint: str, failure: RpcFailure) -> KVError | None:
+        """NOT_FOUND: the cluster does not hold the write's session (evicted), and did not
+        apply this attempt. Later writes need a new session. If no earlier attempt can have
+        been applied either, the write starts over in a new session; otherwise retrying
+        could apply it twice, so the caller learns that it may have been applied."""
+        write_id = self.write_id
+        assert write_id is not None
+        self._write_ids.forget(write_id.client_id)
+        if self._maybe_applied:
+            self.close()
+            return SessionExpired(
+                f"{self.op.name}: the client's session expired on {endpoint} "
+                f"({failure.describe()}); an earlier attempt may have been applied",
+                maybe_applied=True,
+            )
+        self._retired.append(write_id)
+        self._write_ids.release(write_id.seq)
+        self.write_id = None
+        self._start_write(None)
+        # The node that answered applied the refusal, so it was the leader: go back to it,
+        # after a backoff, so that clients competing for session slots do not spin.
+        self._next_endpoint = endpoint
+        self._schedule_backoff()
+        return None
 
     def _after_not_leader(self, endpoint: str, failure: RpcFailure) -> None:
         hint = failure.leader_address
@@ -580,12 +738,13 @@ class Call(Generic[R]):
                 f"{self.op.name} rejected by {endpoint}: {failure.describe()}",
                 maybe_applied=False,
             )
-        if failure.code is grpc.StatusCode.ABORTED and self.op.is_write:
+        if failure.code is grpc.StatusCode.ABORTED and self.write_id is not None:
             # The server's session has forgotten this write id ("write id older than its
             # session remembers"): retrying gets the same answer, and an earlier attempt
             # (or a write under the same id) may have been applied.
             return StaleWrite(f"{self.op.name} refused by {endpoint}: {failure.describe()}")
-        unsure = self.op.is_write and failure.code is not grpc.StatusCode.UNIMPLEMENTED
+        # An unexpected status to a registration leaves at most an unused session.
+        unsure = self.write_id is not None and failure.code is not grpc.StatusCode.UNIMPLEMENTED
         return KVError(
             f"{self.op.name} failed on {endpoint}: {failure.describe()}",
             maybe_applied=self._maybe_applied or unsure,
@@ -612,11 +771,10 @@ class ClientCore:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
-        client_id: bytes | None = None,
     ) -> None:
         self.policy = RetryPolicy(timeout, attempt_timeout, backoff_initial, backoff_max)
         self.router = Router(parse_endpoints(endpoints))
-        self.write_ids = WriteIds(client_id)
+        self.write_ids = WriteIds()
         self.rng = rng if rng is not None else random.Random()
 
     @property
@@ -773,11 +931,14 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Attempt",
     "Backoff",
+    "CONTINUE",
     "Call",
     "ClientCore",
+    "Continue",
     "GetResult",
     "NodeStatus",
     "Operation",
+    "REGISTER_METHOD",
     "RetryPolicy",
     "Router",
     "RpcFailure",

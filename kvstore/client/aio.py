@@ -19,6 +19,7 @@ import grpc.aio
 
 from kvstore.client._core import (
     CHANNEL_OPTIONS,
+    CONTINUE,
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_BACKOFF_INITIAL,
     DEFAULT_BACKOFF_MAX,
@@ -57,7 +58,6 @@ class AsyncKVClient:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
-        client_id: bytes | None = None,
         coalesce: bool = True,
     ) -> None:
         self._core = ClientCore(
@@ -67,7 +67,6 @@ class AsyncKVClient:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
-            client_id=client_id,
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
@@ -81,7 +80,9 @@ class AsyncKVClient:
         return self._core.endpoints
 
     @property
-    def client_id(self) -> bytes:
+    def client_id(self) -> bytes | None:
+        """The session the cluster assigned to this client (None before its first write,
+        and after the cluster evicted it until the next write registers a new one)."""
         return self._core.write_ids.client_id
 
     async def put(self, key: KeyLike, value: KeyLike, *, timeout: float | None = None) -> None:
@@ -187,7 +188,10 @@ class AsyncKVClient:
                 except BatchFailure as exc:
                     failure = exc.failure
                 else:
-                    return call.on_success(step.endpoint, response)
+                    result = call.on_success(step.endpoint, response)
+                    if result is CONTINUE:  # a session was registered; now the write
+                        continue
+                    return result
                 # Raised outside the except block so the grpc error is not chained.
                 error = call.on_failure(step.endpoint, failure, time.monotonic())
                 if error is not None:

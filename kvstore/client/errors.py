@@ -11,7 +11,7 @@ in its docstring, and every instance carries it as ``maybe_applied``:
   before answering). Retrying the same logical operation with a *new* call is
   not idempotent; the client's own retries inside one call are, because they
   reuse the write id.
-- "may have been applied, result lost": :class:`StaleWrite`.
+- "may have been applied, result lost": :class:`StaleWrite`, :class:`SessionExpired`.
 
 Reads never change state, so for them ``maybe_applied`` is always False.
 """
@@ -82,6 +82,21 @@ class StaleWrite(KVError):
     result was already forgotten), so the server refuses to apply it again rather than
     risk applying it twice. An earlier attempt may have taken effect, hence
     ``maybe_applied`` is True. Never retried: the same write id gets the same answer.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool = True) -> None:
+        super().__init__(message, maybe_applied=maybe_applied)
+
+
+class SessionExpired(KVError):
+    """The cluster evicted this client's session while a write was in flight, and an
+    earlier attempt of that write may have been applied.
+
+    Without the session the cluster cannot tell a retry from a first attempt, so it
+    refuses the write id rather than risk applying it twice; ``maybe_applied`` is True.
+    (When no attempt can have been applied, the client opens a new session and sends the
+    write again by itself: callers never see this error for it.) The client's next writes
+    run in a new session.
     """
 
     def __init__(self, message: str, *, maybe_applied: bool = True) -> None:

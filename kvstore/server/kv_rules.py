@@ -21,7 +21,7 @@ from kvstore.state.commands import ApplyResult
 from kvstore.v1 import kv_pb2
 
 MAX_BATCH_OPS = 10_000
-METHODS = ("Put", "Get", "Delete", "CompareAndSwap")
+METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession")
 OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap"}
 LEADER_ID_KEY = "kvstore-leader-id"
 LEADER_ADDRESS_KEY = "kvstore-leader-address"
@@ -69,6 +69,8 @@ class KVRules:
 
     def prepare(self, method: str, request: Any) -> Operation:
         """Check `request` and encode what it asks for; raises RequestError."""
+        if method == "RegisterSession":
+            return Operation(method, commands.encode_register())
         self._check_key(request.key)
         if method == "Get":
             return Operation(method, key=request.key, linearizable=not request.stale)
@@ -137,6 +139,8 @@ class KVRules:
 
     @staticmethod
     def write_response(method: str, result: ApplyResult, header: kv_pb2.ResponseHeader) -> Any:
+        if method == "RegisterSession":
+            return kv_pb2.RegisterSessionResponse(header=header, client_id=result.client_id)
         if method == "Put":
             return kv_pb2.PutResponse(header=header)
         if method == "Delete":

@@ -81,6 +81,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Get(self, request, context):  # noqa: N802
         return await self._unary("Get", request, context)
 
+    async def RegisterSession(self, request, context):  # noqa: N802
+        return await self._unary("RegisterSession", request, context)
+
     async def Batch(self, request, context):  # noqa: N802
         try:
             ops = self.rules.batch_ops(request)

@@ -78,8 +78,8 @@ class StaleRequest(Exception):
 
 
 class SessionExpired(Exception):
-    """The client's session was evicted; the write was not applied now (an earlier attempt
-    of it may have been)."""
+    """The write names a session the state machine does not hold (evicted, or never
+    registered); it was not applied now (an earlier attempt of it may have been)."""
 
 
 class Waiter(Protocol):
@@ -114,8 +114,8 @@ def resolve_applied(
             fut.set_exception(StaleRequest("write id older than its session remembers"))
         elif result.expired:
             fut.set_exception(SessionExpired(
-                "client session expired (evicted); not applied now, an earlier attempt may "
-                "have been: start a new session"))
+                "client session not found (evicted or never registered); not applied now, "
+                "an earlier attempt may have been: register a new session"))
         else:
             fut.set_result(result)
 

@@ -29,9 +29,12 @@ class ApplyResult:
         state did not change.
     malformed: the entry could not be decoded; nothing changed. Reported, never raised, so a
         bad entry cannot halt every replica forever.
-    expired: the client has no session although it says earlier writes of its own completed
-        (lowest_pending_seq > 1): its session was evicted, so a retry could not be told from
-        a first attempt. It was NOT applied now; an earlier attempt may have been.
+    expired: the command names a session that does not exist (evicted, or never
+        registered). It was NOT applied now; an earlier attempt may have been, and a
+        session that is gone can no longer tell a retry from a first attempt, so the
+        client must not retry under that id (it registers a new session).
+    registered: a register entry created a new session; client_id is its id (seq is 0).
+        Not the application of a client write.
     """
 
     index: int
@@ -42,6 +45,7 @@ class ApplyResult:
     duplicate: bool = False
     malformed: bool = False
     expired: bool = False
+    registered: bool = False
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
@@ -80,6 +84,18 @@ def encode_cas(
     cmd.cas.expect_absent = expected is None
     cmd.cas.expected = expected or b""
     cmd.cas.value = value
+    return cmd.SerializeToString()
+
+
+def encode_register() -> bytes:
+    """Entry data that opens a new client session (Raft thesis 6.3, RegisterClient).
+
+    It carries nothing: the session's id is derived from the index of the entry when it
+    is applied, so every replica assigns the same id and an id is never handed out twice
+    (a client-chosen id could collide with, or resurrect, an evicted session).
+    """
+    cmd = raft_pb2.Command()
+    cmd.register.SetInParent()
     return cmd.SerializeToString()
 
 

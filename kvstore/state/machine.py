@@ -10,22 +10,33 @@ Databases used (names are the LMDB named-db names):
     shard-000 ... shard-NNN  user keys, routed by the consistent-hash ring
     sessions                 exactly-once bookkeeping, one record per client
 
-Exactly-once (Raft thesis section 6.3). Each client keeps a session: its lowest_pending_seq
-and the results of the seqs >= it that were applied. Applying (client_id, seq):
+Exactly-once (Raft thesis section 6.3). A client first registers a session: applying a
+register entry creates a session whose id is derived from the entry's index (`session_id`),
+so every replica assigns the same id and no id is ever handed out twice. A session keeps its
+lowest_pending_seq and the results of the seqs >= it that were applied. Applying
+(client_id, seq):
+  * no such session     -> never registered, or evicted: NOT applied, reported `expired`.
   * already recorded    -> return the recorded result; nothing else changes (not even LRU).
   * seq < lowest pending -> it was answered and forgotten: not applied, reported `stale`.
   * otherwise           -> apply, record the result, raise lowest_pending_seq to
                            max(old, command's), drop recorded results below it.
+A write never creates a session. It used to (with a client-chosen id), and that is how
+eviction lost exactly-once: a retry of an applied write, arriving after its session was
+evicted, re-created the session and was applied again. Nothing in (seq, lowest_pending_seq)
+can tell such a retry from a first attempt. With registration nothing has to: a write is
+applied only in a session that exists, and a session that was evicted never exists again.
 An async client may have many writes in flight, so a session holds many results; at most
 MAX_RESULTS_PER_SESSION: beyond that the oldest are dropped by raising lowest_pending_seq, so a
 late retry of one of them is reported stale (safe) rather than applied twice.
 
-Session bound: at most `max_sessions` clients. Admitting a new client when full evicts the
-client whose session was least recently used, measured by the log index of the last command
-that changed it. That depends only on the log, so every replica evicts the same client. If an
-evicted client retries a write it had already made, the write is applied again: eviction is
-the one way exactly-once can be lost, which is why the bound is large (100_000 by default).
-Commands with an empty client_id bypass sessions entirely (applied every time).
+Session bound: at most `max_sessions` sessions. Admitting a new one when full evicts the
+session least recently used, measured by the log index of the last command that changed it
+(its register entry, then its writes). That depends only on the log, so every replica evicts
+the same session. An evicted client's writes are refused as expired; it registers a new
+session, and a write of its that may have been applied before the eviction is reported to
+it as such (never applied twice). Sessions that writes created implicitly before sessions
+were registered (client-chosen ids, in existing data dirs) keep working until evicted.
+Commands with an empty client_id bypass sessions entirely (applied every time, no dedup).
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ _LRU = b"u"  # _LRU + 8-byte big-endian last_index -> session id (oldest sorts f
 _COUNT = b"n"  # -> 8-byte big-endian number of sessions
 
 _U64 = struct.Struct(">Q")
+_SESSION_ID_TAG = b"s"  # a registered session's id: this tag + the register entry's index
 _SESSION_HEADER = struct.Struct(">QQI")  # lowest_pending_seq, last_index, result count
 _SESSION_RESULT = struct.Struct(">QB")  # seq, ok
 
@@ -173,6 +185,15 @@ def _storage_key(raw: bytes) -> bytes:
     return _TAG_HASHED + hashlib.blake2b(raw, digest_size=32).digest()
 
 
+def session_id(index: int) -> bytes:
+    """The id of the session created by the register entry at log `index`.
+
+    Derived from the log, so replicas agree on it without talking, and unique because an
+    index is applied once: an evicted session's id never names a new session.
+    """
+    return _SESSION_ID_TAG + _U64.pack(index)
+
+
 def shard_db_name(shard: int) -> str:
     return f"shard-{shard:03d}"
 
@@ -255,6 +276,8 @@ class ShardedStateMachine:
             cmd = decode(entry.data)
         except CommandDecodeError:
             return ApplyResult(entry.index, b"", 0, ok=False, stale=False, malformed=True)
+        if cmd.WhichOneof("op") == "register":
+            return self._register(txn, entry.index, cache, dirty)
         cid, seq = cmd.client_id, cmd.seq
         if not cid:
             return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
@@ -264,27 +287,48 @@ class ShardedStateMachine:
             raw = txn.get(SESSIONS_DB, _REC + sid)
             cache[sid] = None if raw is None else Session.decode(raw)
         session = cache[sid]
-        if session is not None:
-            if seq in session.results:
-                ok = session.results[seq]
-                return ApplyResult(entry.index, cid, seq, ok=ok, stale=False, duplicate=True)
-            if seq < session.lowest_pending_seq:
-                return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
+        if session is None:
+            # Evicted (or never registered): whether this is a retry of a write applied
+            # before the eviction cannot be known, so it is not applied now either.
+            return ApplyResult(entry.index, cid, seq, ok=False, stale=False, expired=True)
+        if seq in session.results:
+            ok = session.results[seq]
+            return ApplyResult(entry.index, cid, seq, ok=ok, stale=False, duplicate=True)
+        if seq < session.lowest_pending_seq:
+            return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
 
         ok = self._execute(txn, cmd)
-        if session is None:
-            victim = self._admit(txn)
-            if victim is not None and victim in cache:
-                cache[victim] = None
-                dirty.discard(victim)
-            session = cache[sid] = Session()
-        else:
-            txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
+        txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
         self._record(session, seq, cmd.lowest_pending_seq, ok)
         session.last_index = entry.index
         dirty.add(sid)
         txn.put(SESSIONS_DB, _LRU + _U64.pack(entry.index), sid)
         return ApplyResult(entry.index, cid, seq, ok=ok, stale=False)
+
+    def _register(
+        self, txn: KVTxn, index: int, cache: dict[bytes, Session | None], dirty: set[bytes]
+    ) -> ApplyResult:
+        """Create the session of the register entry at `index` (admitting it may evict
+        the least recently used one)."""
+        cid = session_id(index)
+        sid = _storage_key(cid)
+        if sid not in cache:
+            raw = txn.get(SESSIONS_DB, _REC + sid)
+            cache[sid] = None if raw is None else Session.decode(raw)
+        old = cache[sid]
+        if old is not None:
+            # Only a pre-registration client could have chosen this id for itself: its
+            # session makes room for the new one, which starts with nothing recorded.
+            txn.delete(SESSIONS_DB, _LRU + _U64.pack(old.last_index))
+        else:
+            victim = self._admit(txn)
+            if victim is not None and victim in cache:
+                cache[victim] = None
+                dirty.discard(victim)
+        cache[sid] = Session(last_index=index)
+        dirty.add(sid)
+        txn.put(SESSIONS_DB, _LRU + _U64.pack(index), sid)
+        return ApplyResult(index, cid, 0, ok=True, stale=False, registered=True)
 
     @staticmethod
     def _record(session: Session, seq: int, lowest_pending_seq: int, ok: bool) -> None:

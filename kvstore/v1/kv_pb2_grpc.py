@@ -31,6 +31,10 @@ class KVStub:
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
     INVALID_ARGUMENT     bad key or value; nothing was proposed.
+    NOT_FOUND            a write's session does not exist (evicted, or never
+    registered): this attempt was not applied; an earlier
+    attempt with the same write id may have been.
+    ABORTED              the session has forgotten this write id's result.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -71,6 +75,11 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.RegisterSession = channel.unary_unary(
+                '/kvstore.v1.KV/RegisterSession',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -79,6 +88,10 @@ class KVServicer:
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
     INVALID_ARGUMENT     bad key or value; nothing was proposed.
+    NOT_FOUND            a write's session does not exist (evicted, or never
+    registered): this attempt was not applied; an earlier
+    attempt with the same write id may have been.
+    ABORTED              the session has forgotten this write id's result.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -119,6 +132,12 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +171,11 @@ def add_KVServicer_to_server(servicer, server):
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
             ),
+            'RegisterSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSession,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kvstore.v1.KV', rpc_method_handlers)
@@ -166,6 +190,10 @@ class KV:
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
     INVALID_ARGUMENT     bad key or value; nothing was proposed.
+    NOT_FOUND            a write's session does not exist (evicted, or never
+    registered): this attempt was not applied; an earlier
+    attempt with the same write id may have been.
+    ABORTED              the session has forgotten this write id's result.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -322,6 +350,33 @@ class KV:
             '/kvstore.v1.KV/Batch',
             kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/RegisterSession',
+            kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,20 +102,26 @@ class SnapshotAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas")
+    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LOWEST_PENDING_SEQ_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CAS_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     lowest_pending_seq: int
     put: PutOp
     delete: DeleteOp
     cas: CasOp
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ...) -> None: ...
+    register: RegisterOp
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ...) -> None: ...
+
+class RegisterOp(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PutOp(_message.Message):
     __slots__ = ("key", "value")

@@ -12,11 +12,13 @@ from kvstore.client import (
     InvalidArgument,
     KVError,
     NotLeader,
+    SessionExpired,
     StaleWrite,
     Timeout,
     Unavailable,
 )
 from kvstore.client._core import (
+    CONTINUE,
     Attempt,
     Backoff,
     Call,
@@ -33,10 +35,17 @@ A, B, C = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"
 SC = grpc.StatusCode
 
 
-def core(endpoints: list[str] | None = None, **kw: Any) -> ClientCore:
+SESSION = b"s" + (7).to_bytes(8, "big")
+
+
+def core(endpoints: list[str] | None = None, *, session: bytes | None = SESSION,
+         **kw: Any) -> ClientCore:
+    """A client core; by default it already holds `session`, as after its first write."""
     kw.setdefault("rng", random.Random(1))
-    kw.setdefault("client_id", b"c" * 16)
-    return ClientCore(endpoints or [A, B, C], **kw)
+    c = ClientCore(endpoints or [A, B, C], **kw)
+    if session is not None:
+        c.write_ids.adopt(session)
+    return c
 
 
 def not_leader(leader_id: str = "", address: str = "") -> RpcFailure:
@@ -245,7 +254,7 @@ def test_every_retry_carries_the_same_write_id() -> None:
         sent.append(kv_pb2.PutRequest.FromString(call.request.SerializeToString()).write_id)
         call.on_failure(step.endpoint, failure, 0.0)
     assert len({w.SerializeToString() for w in sent}) == 1
-    assert sent[0].client_id == b"c" * 16 and sent[0].seq == 1
+    assert sent[0].client_id == SESSION and sent[0].seq == 1
     assert call.request.key == b"k" and call.request.value == b"v"
 
 
@@ -282,6 +291,184 @@ def test_failed_calls_release_their_seq() -> None:
     error = call.on_failure(A, RpcFailure(SC.INVALID_ARGUMENT, "key must be 1..4096 bytes"), 0.0)
     assert isinstance(error, InvalidArgument)
     assert c.write_ids.pending == frozenset()
+
+
+# --------------------------------------------------------------------------- sessions
+
+NOT_FOUND = RpcFailure(SC.NOT_FOUND, "client session not found (evicted or never registered)")
+
+
+def registered(index: int) -> kv_pb2.RegisterSessionResponse:
+    return kv_pb2.RegisterSessionResponse(
+        header=kv_pb2.ResponseHeader(node_id="n2", applied_index=index),
+        client_id=b"s" + index.to_bytes(8, "big"),
+    )
+
+
+def session(index: int) -> bytes:
+    return b"s" + index.to_bytes(8, "big")
+
+
+def test_first_write_registers_a_session_then_sends_the_write_in_it() -> None:
+    c = core(session=None)
+    call = c.start(c.put("k", "v"), now=0.0)
+    assert call.registering and call.write_id is None
+    assert call.method == "RegisterSession"
+    assert isinstance(call.request, kv_pb2.RegisterSessionRequest)
+    assert attempt(call).endpoint == A
+    assert call.on_failure(A, not_leader("n2", B), 0.0) is None  # same leader following
+    assert attempt(call).endpoint == B
+    assert call.on_success(B, registered(12)) is CONTINUE
+    assert not call.registering and call.method == "Put"
+    assert call.write_id is not None
+    assert (call.write_id.client_id, call.write_id.seq) == (session(12), 1)
+    assert call.request.write_id.client_id == session(12) and call.request.key == b"k"
+    step = attempt(call)  # the write goes to the leader at once
+    assert step.endpoint == B
+    assert call.on_success(B, put_response()) is None
+    assert c.write_ids.client_id == session(12)
+    # Later writes use the session directly; reads never register.
+    later = c.start(c.delete("k"), now=0.0)
+    assert later.method == "Delete" and later.write_id.client_id == session(12)
+    assert c.start(c.get("k"), now=0.0).method == "Get"
+
+
+def test_reads_of_a_client_without_session_do_not_register() -> None:
+    c = core(session=None)
+    call = c.start(c.get("k"), now=0.0)
+    assert call.method == "Get" and not call.registering
+    assert c.start(c.get("k", stale=True), now=0.0).method == "Get"
+
+
+def test_failed_registrations_are_retried_and_never_make_a_write_maybe_applied() -> None:
+    c = core(session=None, timeout=1.0)
+    call = c.start(c.put("k", "v"), now=0.0)
+    now = 0.0
+    with pytest.raises(Unavailable) as info:
+        while True:
+            step = call.next_step(now)
+            if isinstance(step, Backoff):
+                now += step.seconds
+                continue
+            assert call.method == "RegisterSession"
+            now += 0.01
+            assert call.on_failure(step.endpoint, UNAVAILABLE, now) is None
+    assert not info.value.maybe_applied  # only registrations were ever sent
+    assert call.attempts > 3
+    assert c.write_ids.client_id is None and c.write_ids.pending == frozenset()
+
+
+def test_one_call_registers_at_a_time_and_the_others_use_its_session() -> None:
+    c = core(session=None)
+    first = c.start(c.put("a", "1"), now=0.0)
+    second = c.start(c.put("b", "2"), now=0.0)
+    attempt(first)
+    assert first.method == "RegisterSession"
+    backoff(second)  # waits: only one session is registered for a burst of first writes
+    assert first.on_success(A, registered(3)) is CONTINUE
+    step = attempt(second)
+    assert second.method == "Put" and second.write_id.client_id == session(3)
+    assert second.on_success(step.endpoint, put_response()) is None
+    assert first.write_id.client_id == session(3)
+    assert (first.write_id.seq, second.write_id.seq) == (1, 2)
+
+
+def test_a_waiting_call_registers_once_the_registering_call_gives_up() -> None:
+    c = core(session=None)
+    first = c.start(c.put("a", "1", timeout=1.0), now=0.0)
+    second = c.start(c.put("b", "2"), now=0.0)
+    attempt(first)
+    backoff(second)
+    first.close()  # its deadline passed without a session
+    attempt(second)
+    assert second.method == "RegisterSession"
+
+
+def test_concurrent_registrations_keep_the_first_session() -> None:
+    """Two clients' worth of registrations cannot happen through one core any more, but the
+    session store still keeps the first if two answers race (e.g. a late answer)."""
+    c = core(session=None)
+    first = c.start(c.put("a", "1"), now=0.0)
+    attempt(first)
+    c.write_ids.adopt(session(3))  # a session registered by another route meanwhile
+    assert first.on_success(A, registered(4)) is CONTINUE  # session 4 is left unused
+    assert first.write_id.client_id == session(3)
+    assert c.write_ids.client_id == session(3)
+
+
+def test_expired_session_without_maybe_applied_attempts_registers_again_transparently() -> None:
+    c = core()
+    call = c.start(c.cas("k", None, "v"), now=0.0)
+    old = call.write_id
+    assert old is not None and old.client_id == SESSION
+    attempt(call)
+    assert call.on_failure(A, not_leader("n2", B), 0.0) is None  # never proposed
+    attempt(call)
+    assert call.on_failure(B, NOT_FOUND, 0.0) is None  # refused, not applied: start over
+    assert c.write_ids.client_id is None  # later writes need a new session too
+    assert call.retired_write_ids == (old,)
+    assert c.write_ids.pending == frozenset()  # the refused write id is never sent again
+    assert call.registering and call.method == "RegisterSession"
+    backoff(call)
+    assert attempt(call).endpoint == B  # the node that answered is the leader
+    assert call.on_success(B, registered(40)) is CONTINUE
+    new = call.write_id
+    assert new is not None and (new.client_id, new.seq) == (session(40), 2)
+    attempt(call)
+    assert call.on_success(B, kv_pb2.CompareAndSwapResponse(succeeded=True)) is True
+    assert c.write_ids.client_id == session(40)
+
+
+def test_expired_session_after_a_maybe_applied_attempt_raises_session_expired() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    assert call.on_failure(A, UNAVAILABLE, 0.0) is None  # may have been proposed
+    backoff(call)
+    attempt(call)
+    error = call.on_failure(B, NOT_FOUND, 0.0)
+    assert isinstance(error, SessionExpired) and error.maybe_applied
+    assert "session" in str(error) and B in str(error)
+    assert call.retired_write_ids == ()
+    assert c.write_ids.client_id is None and c.write_ids.pending == frozenset()
+    # The client goes on in a new session.
+    nxt = c.start(c.put("k", "v2"), now=0.0)
+    assert nxt.registering
+
+
+def test_expiry_forgets_only_the_session_still_in_use() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    # Meanwhile another call learned that the session expired and registered a new one.
+    c.write_ids.forget(SESSION)
+    c.write_ids.adopt(session(50))
+    assert call.on_failure(A, NOT_FOUND, 0.0) is None
+    assert c.write_ids.client_id == session(50)
+    assert not call.registering and call.write_id.client_id == session(50)
+    assert call.write_id.seq == 2
+
+
+def test_not_found_on_a_read_or_a_registration_is_a_plain_error() -> None:
+    c = core()
+    call = c.start(c.get("k"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, NOT_FOUND, 0.0)
+    assert type(error) is KVError and not error.maybe_applied
+    c = core(session=None)
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.UNIMPLEMENTED, "old server"), 0.0)
+    assert type(error) is KVError and not error.maybe_applied
+
+
+def test_registration_answer_without_a_session_id_is_an_error() -> None:
+    c = core(session=None)
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    with pytest.raises(KVError):
+        call.on_success(A, kv_pb2.RegisterSessionResponse())
+    assert c.write_ids.client_id is None and c.write_ids.pending == frozenset()
 
 
 # --------------------------------------------------------------------------- status mapping

@@ -24,6 +24,7 @@ from kvstore.client import (
     InvalidArgument,
     KVClient,
     NotLeader,
+    SessionExpired,
     StaleWrite,
     Timeout,
     Unavailable,
@@ -64,6 +65,9 @@ class FakeNode(kv_pb2_grpc.KVServicer):
     refuse_stale: bool = False  # unlike the real server, redirect stale gets too
     forgot_write_ids: bool = False  # answer writes as if their session moved past them
     data: dict[bytes, bytes] = field(default_factory=dict)
+    # Sessions registered here; a write naming another one is refused with NOT_FOUND, as
+    # the real state machine refuses a write whose session was evicted.
+    sessions: set[bytes] = field(default_factory=set)
     requests: list[tuple[str, Any]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -92,15 +96,26 @@ class FakeNode(kv_pb2_grpc.KVServicer):
                     ("kvstore-leader-address", leader_address),
                 ),
             )
-        if self.forgot_write_ids and "write_id" in request.DESCRIPTOR.fields_by_name:
+        is_write = "write_id" in request.DESCRIPTOR.fields_by_name
+        if self.forgot_write_ids and is_write:
             await context.abort(grpc.StatusCode.ABORTED,
                                 "write id older than its session remembers")
+        if is_write and request.write_id.client_id not in self.sessions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "fake: client session not found")
         key = getattr(request, "key", b"x")
         if not key or len(key) > 4096:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fake: key must be 1..4096 bytes")
 
     def _header(self) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(node_id=self.name, applied_index=len(self.requests))
+
+    async def RegisterSession(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> kv_pb2.RegisterSessionResponse:
+        await self._enter("RegisterSession", request, context, True)
+        client_id = b"s" + len(self.requests).to_bytes(8, "big")
+        self.sessions.add(client_id)
+        return kv_pb2.RegisterSessionResponse(header=self._header(), client_id=client_id)
 
     async def Put(self, request: Any, context: Any) -> kv_pb2.PutResponse:  # noqa: N802
         await self._enter("Put", request, context, True)
@@ -252,17 +267,67 @@ async def test_follows_leader_hint_and_retries_with_the_same_write_id(
     fakes: tuple[FakeNode, FakeNode], make_client: Any
 ) -> None:
     follower, leader = fakes
-    leader.fail_next = 1  # the first request to reach the leader fails with UNAVAILABLE
     client = make_client([follower.address])
+    await client.call("put", "first", "1")  # opens the session
+    leader.fail_next = 1  # the next request to reach the leader fails with UNAVAILABLE
     await client.call("put", "k", "v")
-    puts = follower.calls("Put") + leader.calls("Put")
-    assert len(follower.calls("Put")) >= 1 and len(leader.calls("Put")) == 2
-    assert write_ids(puts) == {(client.impl.client_id, 1, 1)}
-    assert leader.data == {b"k": b"v"}
+    on_follower = [r for r in follower.calls("Put") if r.key == b"k"]
+    on_leader = [r for r in leader.calls("Put") if r.key == b"k"]
+    assert len(on_follower) >= 1 and len(on_leader) == 2
+    assert write_ids(on_follower + on_leader) == {(client.impl.client_id, 2, 2)}
+    assert leader.data == {b"first": b"1", b"k": b"v"}
     # Later calls go straight to the leader it learned.
     before = len(follower.requests)
     assert await client.call("get", "k") == b"v"
     assert len(follower.requests) == before
+
+
+async def test_first_write_registers_a_session_with_the_leader(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    follower, leader = fakes
+    client = make_client([follower.address])
+    assert client.impl.client_id is None
+    await client.call("put", "k", "v")
+    assert len(follower.calls("RegisterSession")) == 1  # redirected to the leader
+    assert len(leader.calls("RegisterSession")) == 1
+    assert leader.sessions == {client.impl.client_id}
+    assert write_ids(leader.calls("Put")) == {(client.impl.client_id, 1, 1)}
+    assert await client.call("delete", "k") is True
+    assert len(leader.calls("RegisterSession")) == 1  # one session serves every write
+
+
+async def test_write_after_eviction_registers_again_and_is_sent_once(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    _, leader = fakes
+    client = make_client([leader.address])
+    await client.call("put", "a", "1")
+    first = client.impl.client_id
+    leader.sessions.clear()  # the cluster evicted the session
+    await client.call("put", "b", "2")  # refused, nothing applied: sent again transparently
+    second = client.impl.client_id
+    assert second is not None and second != first
+    puts = [(r.key, r.write_id.client_id, r.write_id.seq) for r in leader.calls("Put")]
+    assert puts == [(b"a", first, 1), (b"b", first, 2), (b"b", second, 3)]
+    assert leader.data == {b"a": b"1", b"b": b"2"}
+
+
+async def test_eviction_after_an_unsure_attempt_raises_session_expired(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    _, leader = fakes
+    client = make_client([leader.address])
+    await client.call("put", "a", "1")
+    leader.sessions.clear()
+    leader.fail_next = 1  # the first attempt may have been applied
+    with pytest.raises(SessionExpired) as info:
+        await client.call("put", "b", "2")
+    assert info.value.maybe_applied
+    assert len([r for r in leader.calls("Put") if r.key == b"b"]) == 2  # not retried further
+    assert client.impl.client_id is None
+    await client.call("put", "c", "3")  # the next write opens a new session
+    assert client.impl.client_id in leader.sessions
 
 
 async def test_write_ids_advance_and_lowest_pending_follows(

@@ -12,7 +12,13 @@ import pytest
 
 from kvstore.raft.errors import NotLeader
 from kvstore.raft.types import Message, MessageType, Role
-from kvstore.server.runtime import LeadershipLost, NodeRuntime, Plan, execute_write
+from kvstore.server.runtime import (
+    LeadershipLost,
+    NodeRuntime,
+    Plan,
+    SessionExpired,
+    execute_write,
+)
 from kvstore.state import commands
 from kvstore.storage.memory_store import MemoryNodeStore
 
@@ -63,8 +69,9 @@ def single_leader(**kwargs: Any) -> NodeRuntime:
     raise AssertionError("no leader")
 
 
-def put(key: bytes, value: bytes, seq: int = 1) -> bytes:
-    return commands.encode_put(b"client", seq, seq, key, value)
+def put(key: bytes, value: bytes, seq: int = 1, client_id: bytes = b"") -> bytes:
+    """A put; by default without a session (these tests are not about exactly-once)."""
+    return commands.encode_put(client_id, seq, seq, key, value)
 
 
 def test_proposals_of_a_turn_become_one_batch_and_are_answered_by_index() -> None:
@@ -79,6 +86,21 @@ def test_proposals_of_a_turn_become_one_batch_and_are_answered_by_index() -> Non
     run_turns(rt)
     assert [b.result.index for b in boxes] == [2, 3, 4]
     assert rt.store.get(b"k")[:2] == (True, b"v2")
+
+
+def test_registrations_and_writes_in_missing_sessions_are_answered() -> None:
+    rt = single_leader()
+    register, write, stray = Box(), Box(), Box()
+    rt.propose(commands.encode_register(), register)
+    run_turns(rt)
+    client_id = register.result.client_id
+    assert register.result.registered and client_id == b"s" + (2).to_bytes(8, "big")
+    rt.propose(put(b"k", b"v", client_id=client_id), write)
+    rt.propose(put(b"k", b"w", client_id=b"s" + (99).to_bytes(8, "big")), stray)
+    run_turns(rt)
+    assert write.result.ok and not write.result.expired
+    assert isinstance(stray.error, SessionExpired)  # NOT_FOUND for the client
+    assert rt.store.get(b"k")[:2] == (True, b"v")
 
 
 def test_a_follower_refuses_proposals_and_reads_at_once() -> None:

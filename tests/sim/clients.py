@@ -6,7 +6,8 @@ whether a failed write "may have been applied". The simulated client only perfor
 it asks for (an RPC through SimService, or a wait) - exactly what the real KVClient does -
 so the simulation tests the real policy, not a copy of it.
 
-A client has one ClientCore (one client id, one write-id sequence, one leader guess) and
+A client has one ClientCore (one session at a time, registered with the cluster by its
+first write and again after the cluster evicted it; one write-id sequence; one leader guess) and
 `concurrency` lanes that call it at the same time, as tasks sharing an AsyncKVClient do;
 each lane is one sequential process of the history: invoke, then ok / fail / unknown.
 With batching on, calls to the same node that overlap in time leave together in one Batch
@@ -27,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from kvstore.client._core import Backoff, Call, ClientCore, GetResult, RpcFailure
+from kvstore.client._core import CONTINUE, Backoff, Call, ClientCore, GetResult, RpcFailure
 from kvstore.client.batching import (
     BatchFailure,
     Coalescer,
@@ -38,6 +39,7 @@ from kvstore.client.batching import (
 )
 from kvstore.client.errors import KVError
 from kvstore.lincheck import Handle, HistoryRecorder
+from tests.sim.invariants import session_name
 from tests.sim.service import SimService, endpoint_of
 from tests.sim.world import US_PER_MS, US_PER_S, World
 
@@ -83,6 +85,7 @@ class ClientLedger:
     ok: int = 0
     unknown: int = 0
     failed: int = 0
+    expired_retries: int = 0  # write ids given up (and resent in a new session) on NOT_FOUND
 
 
 @dataclass
@@ -130,7 +133,6 @@ class SimClient:
             timeout=workload.timeout_s,
             attempt_timeout=workload.attempt_timeout_s,
             rng=random.Random(rng.getrandbits(64)),
-            client_id=name.encode(),
         )
         n = max(1, workload.concurrency)
         self.lanes = [_Lane(self, name if n == 1 else f"{name}.{i}") for i in range(1, n + 1)]
@@ -315,7 +317,18 @@ class _Lane:
         if isinstance(answer, RpcFailure):
             self._failed(endpoint, answer)
             return
-        result = self._pending.call.on_success(endpoint, answer)
+        try:
+            result = self._pending.call.on_success(endpoint, answer)
+        except KVError as err:
+            self._finish_error(err)
+            return
+        if result is CONTINUE:
+            wid = self._pending.call.write_id
+            if wid is not None:
+                self.world.log(f"{self.name} {self._pending.desc}: session "
+                               f"{session_name(wid.client_id)}, seq {wid.seq}")
+            self._next_step()
+            return
         self._finish_ok(endpoint, result)
 
     def _attempt_timeout(self, attempt: int, endpoint: str) -> None:
@@ -346,6 +359,7 @@ class _Lane:
         wid = p.call.write_id
         if wid is not None:
             led.acked_writes.append((wid.client_id, wid.seq, p.desc))
+        self._record_retired(p)
         seen = led.last_values.setdefault(p.key, [])
         if p.kind == "stale":
             assert isinstance(result, GetResult)
@@ -374,6 +388,7 @@ class _Lane:
         led = self.ledger
         led.completed += 1
         wid = p.call.write_id
+        self._record_retired(p)
         if p.handle is not None:
             if wid is not None and err.maybe_applied:
                 led.history.unknown(p.handle)
@@ -390,6 +405,14 @@ class _Lane:
             verdict = "FAIL"
         self.world.log(f"{self.name} {verdict} {p.desc}: {type(err).__name__}")
         self._done()
+
+    def _record_retired(self, p: _Pending) -> None:
+        """Write ids the call gave up after the cluster refused them (expired session)
+        were promised not applied: the invariants check that none ever is."""
+        for wid in p.call.retired_write_ids:
+            self.ledger.failed_writes.append(
+                (wid.client_id, wid.seq, f"{p.desc} (expired session, seq {wid.seq})"))
+            self.ledger.expired_retries += 1
 
     def _done(self) -> None:
         self._pending = None

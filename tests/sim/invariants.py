@@ -17,7 +17,9 @@ Raft's guarantees (thesis figure 3.2) plus what the store promises on top of the
   at one index.
 * Monotonicity: commit and applied never go back on a live node; the durable applied index
   and term never go back at all (a restart included).
-* At-most-once: each (client_id, seq) is applied at most once per node.
+* At-most-once: each (client_id, seq) is applied at most once per node. Only results that
+  executed a client's write count: not a duplicate answered from the session, nor a write
+  refused as stale or as expired (its session is gone), nor a session's registration.
 
 A violation raises Violation; the runner adds the seed and the trace.
 """
@@ -72,6 +74,20 @@ def _entry_text(e: Entry | None) -> str:
     if e.type == EntryType.NOOP:
         return f"{e.index}/t{e.term} noop"
     return f"{e.index}/t{e.term} {e.data.hex()[:24]}"
+
+
+def _is_application(r: ApplyResult) -> bool:
+    """Whether `r` is a client's write taking effect in its session (what at-most-once
+    counts)."""
+    return bool(r.client_id) and not (r.duplicate or r.stale or r.malformed or r.expired
+                                      or r.registered)
+
+
+def session_name(client_id: bytes) -> str:
+    """A session id as the trace shows it: s<index of its register entry>."""
+    if len(client_id) == 9 and client_id[:1] == b"s":
+        return f"s{int.from_bytes(client_id[1:], 'big')}"
+    return client_id.hex()
 
 
 def _chain(prev: bytes, e: Entry) -> bytes:
@@ -150,7 +166,7 @@ class Invariants:
         self.chains[node_id] = self.agreed_chain[:index]
         counts: Counter[tuple[bytes, int]] = Counter()
         for _, r in self.applied[:index]:
-            if r.client_id and not (r.duplicate or r.stale or r.malformed or r.expired):
+            if _is_application(r):
                 counts[(r.client_id, r.seq)] += 1
         self.applications[node_id] = counts
 
@@ -236,13 +252,13 @@ class Invariants:
         else:
             raise Violation("State Machine Safety",
                             f"{node_id} applied index {i} before anyone applied {i - 1}")
-        if r.client_id and not (r.duplicate or r.stale or r.malformed or r.expired):
+        if _is_application(r):
             counts = self.applications[node_id]
             counts[(r.client_id, r.seq)] += 1
             if counts[(r.client_id, r.seq)] > 1:
                 raise Violation("At-most-once", (
-                    f"{node_id} applied request ({r.client_id.decode()}, seq {r.seq}) a second "
-                    f"time, at index {i}"))
+                    f"{node_id} applied request ({session_name(r.client_id)}, seq {r.seq}) a "
+                    f"second time, at index {i}"))
 
     # -- messages ----------------------------------------------------------------------
 
@@ -399,13 +415,23 @@ class Invariants:
             for cid, seq, desc in acked:
                 if counts[(cid, seq)] != 1:
                     raise Violation("No acknowledged write lost", (
-                        f"{cid.decode()}'s acknowledged write {desc} was applied "
-                        f"{counts[(cid, seq)]} times on {n}"))
+                        f"acknowledged write {desc} ({session_name(cid)}, seq {seq}) was "
+                        f"applied {counts[(cid, seq)]} times on {n}"))
             for cid, seq, desc in failed:
                 if counts[(cid, seq)]:
                     raise Violation("Failed means not applied", (
-                        f"{cid.decode()}'s write {desc} was reported definitely not applied, "
-                        f"but {n} applied it"))
+                        f"write {desc} ({session_name(cid)}, seq {seq}) was reported "
+                        f"definitely not applied, but {n} applied it"))
+
+    def session_counts(self) -> dict[str, int]:
+        """How the agreed applied log used sessions: registrations, writes refused because
+        their session was gone, and evictions (sessions registered that no longer exist;
+        the session table was empty at the start)."""
+        registered = sum(1 for _, r in self.applied if r.registered)
+        expired = sum(1 for _, r in self.applied if r.expired)
+        live = self.nodes[self.ids[0]].disk.store.session_count()
+        return {"sessions_registered": registered, "sessions_expired": expired,
+                "sessions_evicted": registered - live}
 
     def check_stale_reads(self, reads: Sequence[tuple[str, bytes, bytes | None, int]]) -> int:
         """Stale reads, in the order nodes served them: (node, key, value, applied).
@@ -447,6 +473,8 @@ class Invariants:
             except CommandDecodeError:
                 continue
             op = cmd.WhichOneof("op")
+            if op == "register":
+                continue  # opens a session; no key changes
             key = getattr(cmd, op).key
             found, value, _ = oracle.get(key)
             points, values = timeline.setdefault(key, ([], []))

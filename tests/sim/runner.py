@@ -143,7 +143,7 @@ def choose_profile(world: World, nodes: int) -> Profile:
     # Small compaction thresholds make followers that were down or partitioned need
     # snapshots; small session tables make clients' sessions get evicted.
     snapshot_entries = rng.choice((8, 20, 50, 200, 10_000))
-    max_sessions = rng.choice((100_000,))
+    max_sessions = rng.choice((2, 3, 8, 100_000))
     snapshot_corrupt = rng.choice((0.0, 0.0, 0.1))
     return Profile(net, rpc, faults, disk_us, raft, clients, workload, snapshot_entries,
                    max_sessions, snapshot_corrupt)
@@ -411,6 +411,8 @@ class Simulation:
             "failed": led.failed,
             "stale_reads": len(led.stale_reads),
             "lincheck_steps": verdict.steps,
+            **inv.session_counts(),
+            "expired_retries": led.expired_retries,
         }
         return RunResult(
             seed=self.seed,

@@ -11,12 +11,12 @@ import lmdb
 import pytest
 
 from kvstore.raft.types import Entry, EntryType, HardState
-from kvstore.state.commands import encode_cas, encode_delete, encode_put
+from kvstore.state.commands import encode_cas, encode_delete, encode_put, encode_register
 from kvstore.storage.errors import ConfigMismatchError, CorruptLogError, StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore, _decode_record, _encode_record
 from kvstore.storage.memory_store import MemoryNodeStore
 
-CID = b"client-1"
+CID = b""  # no session: these tests are about the log and the store, not exactly-once
 
 
 def _entries(lo: int, hi: int, term: int = 1) -> list[Entry]:
@@ -116,9 +116,9 @@ def test_failed_call_writes_nothing(data_dir: Path) -> None:
 
 
 def test_committed_entry_passed_twice_is_applied_once(data_dir: Path) -> None:
-    put = Entry(term=1, index=1, data=encode_put(b"a", 1, 0, b"k", b"v"))
-    delete = Entry(term=1, index=2, data=encode_delete(b"b", 1, 0, b"k"))
-    recreate = Entry(term=1, index=3, data=encode_put(b"c", 1, 0, b"k", b"again"))
+    put = Entry(term=1, index=1, data=encode_put(CID, 1, 0, b"k", b"v"))
+    delete = Entry(term=1, index=2, data=encode_delete(CID, 2, 0, b"k"))
+    recreate = Entry(term=1, index=3, data=encode_put(CID, 3, 0, b"k", b"again"))
     with LmdbNodeStore.open(data_dir) as store:
         store.persist_and_apply(None, [put, delete, recreate], [put, delete])
         assert store.get(b"k") == (False, b"", 2)
@@ -132,26 +132,30 @@ def test_committed_entry_passed_twice_is_applied_once(data_dir: Path) -> None:
 
 
 def test_applied_state_and_sessions_survive_reopen(data_dir: Path) -> None:
+    one, other = b"s" + (1).to_bytes(8, "big"), b"s" + (4).to_bytes(8, "big")
     cmds = [
-        encode_put(CID, 1, 1, b"k", b"v1"),
-        encode_cas(CID, 2, 1, b"k", b"v1", b"v2"),
-        encode_put(b"other", 1, 1, b"k", b"v1"),
+        encode_register(),  # session `one`
+        encode_put(one, 1, 1, b"k", b"v1"),
+        encode_cas(one, 2, 1, b"k", b"v1", b"v2"),
+        encode_register(),  # session `other`
+        encode_put(other, 1, 1, b"k", b"v1"),
     ]
     log = [Entry(term=1, index=i + 1, data=d) for i, d in enumerate(cmds)]
     with LmdbNodeStore.open(data_dir) as store:
-        store.persist_and_apply(HardState(term=1, commit=3), log, log)
+        store.persist_and_apply(HardState(term=1, commit=5), log, log)
         digests = store.shard_digests()
     with LmdbNodeStore.open(data_dir) as store:
-        assert store.applied_index() == 3
-        assert store.get(b"k") == (True, b"v1", 3)
+        assert store.applied_index() == 5
+        assert store.get(b"k") == (True, b"v1", 5)
         assert store.shard_digests() == digests
-        session = store.session(CID)
+        assert store.session_count() == 2
+        session = store.session(one)
         assert session is not None and session.results == {1: True, 2: True}
         # The client retries its cas after the restart: recorded result, no second swap.
-        retry = Entry(term=1, index=4, data=cmds[1])
+        retry = Entry(term=1, index=6, data=cmds[2])
         (result,) = store.persist_and_apply(None, [retry], [retry])
         assert result.duplicate and result.ok
-        assert store.get(b"k") == (True, b"v1", 4)
+        assert store.get(b"k") == (True, b"v1", 6)
 
 
 def _corrupt(data_dir: Path, index: int, mutate: Callable[[bytes], bytes | None]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
-from kvstore.state.commands import encode_delete, encode_put
+from kvstore.state.commands import encode_delete, encode_put, encode_register
 from kvstore.storage.errors import StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
 
@@ -15,7 +15,7 @@ from kvstore.storage.lmdb_store import LmdbNodeStore
 def _fill(store: LmdbNodeStore, n: int, term: int = 1) -> None:
     start = store.last_index() + 1
     entries = [Entry(term, start, EntryType.NOOP)] + [
-        Entry(term, start + i, data=encode_put(b"c", start + i, start + i, b"k%d" % i, b"v%d" % i))
+        Entry(term, start + i, data=encode_put(b"", 0, 0, b"k%d" % i, b"v%d" % i))
         for i in range(1, n)
     ]
     store.persist_and_apply(HardState(term, "n1", entries[-1].index), entries, entries)
@@ -41,9 +41,11 @@ def test_compaction_drops_the_prefix_and_survives_reopen(tmp_path: Path) -> None
 def test_snapshot_round_trip_reproduces_the_state_machine(tmp_path: Path) -> None:
     snap_file = tmp_path / "snap"
     with LmdbNodeStore.open(tmp_path / "leader") as leader:
-        _fill(leader, 100)
-        delete = Entry(1, 101, data=encode_delete(b"c", 101, 101, b"k3"))
-        leader.persist_and_apply(None, [delete], [delete])
+        _fill(leader, 99)
+        session = b"s" + (100).to_bytes(8, "big")
+        register = Entry(1, 100, data=encode_register())
+        delete = Entry(1, 101, data=encode_delete(session, 1, 1, b"k3"))
+        leader.persist_and_apply(None, [register, delete], [register, delete])
         meta = leader.write_snapshot(str(snap_file))
         assert meta == SnapshotMeta(101, 1)
         digest = leader.digest()
@@ -57,10 +59,13 @@ def test_snapshot_round_trip_reproduces_the_state_machine(tmp_path: Path) -> Non
         assert follower.initial_state() == HardState(2, "n1", 101)
         assert follower.get(b"k5") == (True, b"v5", 101)
         # Sessions came along: a retry of an applied write is still deduplicated.
-        assert follower.session(b"c") is not None
+        assert follower.session(session) is not None
     with LmdbNodeStore.open(tmp_path / "follower") as follower:  # and it is durable
         assert follower.digest() == digest
         assert follower.term(101) == 1
+        retry = Entry(1, 102, data=delete.data)
+        (result,) = follower.persist_and_apply(None, [retry], [retry])
+        assert result.duplicate and result.ok
 
 
 def test_corrupt_snapshot_is_refused_and_changes_nothing(tmp_path: Path) -> None:

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
-from kvstore.state.commands import ApplyResult, encode_cas, encode_delete, encode_put
+from kvstore.state.commands import (
+    ApplyResult,
+    encode_cas,
+    encode_delete,
+    encode_put,
+    encode_register,
+)
+from kvstore.state.machine import session_id
 from kvstore.storage import snapshot_file
 from kvstore.storage.errors import ConfigMismatchError, StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
@@ -27,16 +34,32 @@ Store = LmdbNodeStore | MemoryNodeStore
 KINDS = ("lmdb", "memory")
 PAIRS = list(itertools.product(KINDS, KINDS))
 
-# Five clients over three sessions: applying the log evicts sessions, so a snapshot must
-# carry the LRU order exactly for the receiver to evict the same client later.
+# Sessions registered along the log, three at a time at most: applying the log evicts
+# sessions, so a snapshot must carry the LRU order exactly for the receiver to evict the same
+# session later (and refuse the same writes as expired).
 MAX_SESSIONS = 3
-CLIENTS = [b"c%d" % i for i in range(5)]
 LONG_KEY = b"L" * 450  # stored under a hash, with the key in the value
+
+
+def _is_register(index: int) -> bool:
+    return index % 7 == 6 and index % 13 != 0
+
+
+def _client(index: int) -> bytes:
+    """The session of the write at `index`: one of the five registered last before it
+    (some of them evicted by then), or, before any, one that was never registered."""
+    earlier = [r for r in range(index - 1, 0, -1) if _is_register(r)][:5]
+    return session_id(earlier[index % len(earlier)]) if earlier else b"never-registered"
+
+
+CLIENTS = [b"never-registered"] + [session_id(i) for i in range(1, 120) if _is_register(i)]
 
 
 def _command(index: int) -> bytes:
     """A deterministic mix of every kind of command, keyed by log index."""
-    cid = CLIENTS[index % len(CLIENTS)]
+    if _is_register(index):
+        return encode_register()
+    cid = _client(index)
     key = b"k%d" % (index % 11)
     kind = index % 7
     if kind == 1:  # a retry of this client's write five entries back (same client)
