@@ -42,7 +42,7 @@ class Outcome:
 
 # Per-run counters summed in the summary: what the runs exercised.
 COVERAGE = ("crashes", "partitions", "wipes", "compactions", "snapshots_installed", "batches",
-            "sessions_expired")
+            "sessions_evicted", "sessions_expired")
 
 
 def run_one(case: tuple[int, int]) -> Outcome:
