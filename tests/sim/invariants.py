@@ -119,6 +119,9 @@ class Invariants:
         # The durable logs of nodes wiped for a resync and not rebuilt yet: what they
         # acknowledged before the operator destroyed it may have counted toward a commit.
         self.wiped_chains: dict[str, list[bytes]] = {}
+        # The highest term anyone had reached when a node was wiped: leaders of terms up to
+        # it may still count what the node acknowledged before the wipe.
+        self.wipe_terms: dict[str, int] = {}
         # The chain hash of the agreed applied log, per index (what a snapshot must match).
         self.agreed_chain: list[bytes] = []
         self._oracle = self._new_oracle()
@@ -187,6 +190,7 @@ class Invariants:
         """The node's data dir was replaced by an empty one (resync): it forgets its log,
         term, vote and state, deliberately."""
         self.wiped_chains[node_id] = self.chains[node_id]
+        self.wipe_terms[node_id] = self._max_term()
         self.chains[node_id] = []
         self.durable_hs[node_id] = HardState()
         self.durable_applied[node_id] = 0
@@ -310,6 +314,45 @@ class Invariants:
             if r.role == Role.LEADER and (v.role != Role.LEADER or v.term != r.term):
                 self._new_leader(node_id, node)
             v.role, v.term = r.role, r.term
+        self._check_match_soundness()
+
+    def _max_term(self) -> int:
+        terms = [hs.term for hs in self.durable_hs.values()]
+        terms += [n.raw.raft.term for n in self.nodes.values() if n.raw is not None]
+        return max([*terms, *self.leaders, 0])
+
+    def _check_match_soundness(self) -> None:
+        """A leader never counts a node - itself included - as holding more of its log than
+        that node holds on disk: a follower answers an append only after its fsync, the
+        leader counts itself only after its own (thesis 10.2.1), and within one term
+        nothing may remove an entry a node acknowledged (thesis 3.5, figure 3.1 steps 3-4;
+        5.3, figure 5.3 step 6). Commit durability checks the same belief only at the
+        moment a commit advances. Checked while the node is still in the leader's term; a
+        node wiped for a resync is exempt toward leaders of terms begun before the wipe."""
+        for lid in self.ids:
+            node = self.nodes[lid]
+            raw = node.raw
+            if not node.up or raw is None or raw.raft.role != Role.LEADER:
+                continue
+            r = raw.raft
+            for p, pr in r.prs.items():
+                m = pr.match
+                if m == 0 or r.term <= self.wipe_terms.get(p, 0):
+                    continue
+                if self.nodes[p].disk.store.initial_state().term != r.term:
+                    continue  # p moved on to a later term
+                chain = self.chains[p]
+                ref: bytes | None = None
+                if len(self.chains[lid]) >= m:
+                    ref = self.chains[lid][m - 1]
+                else:
+                    term = r.log.term(m)
+                    seen = self.prefix.get((m, term)) if term is not None else None
+                    ref = seen[0] if seen is not None else None
+                if len(chain) < m or (ref is not None and chain[m - 1] != ref):
+                    raise Violation("Match soundness", (
+                        f"{lid}, leader of term {r.term}, counts {p} as holding its log up to "
+                        f"{m}, but {p}'s durable log (up to {len(chain)}) does not hold it"))
 
     def _check_durable_quorum(self, leader: str, term: int, index: int) -> None:
         """A leader that advances its commit index to `index` must be right that a majority
@@ -387,6 +430,19 @@ class Invariants:
                     f"{node_id} is leader of term {r.term} but its log lacks committed entry "
                     f"{_entry_text(c.entry)} (committed by term {c.commit_term}, first seen "
                     f"at {c.first_by}); it holds {_entry_text(have[0] if have else None)}"))
+
+    # -- linearizable reads ------------------------------------------------------------
+
+    def read_floor(self) -> int:
+        """The highest index any node knows committed: a linearizable read arriving now must
+        be served from a state that includes it (thesis 6.4)."""
+        return len(self.committed)
+
+    def check_linearizable_read(self, node_id: str, floor: int, applied: int) -> None:
+        if applied < floor:
+            raise Violation("ReadIndex safety", (
+                f"{node_id} served a linearizable read from applied index {applied}, but index "
+                f"{floor} was already committed when the read arrived"))
 
     # -- at the end ------------------------------------------------------------------------
 

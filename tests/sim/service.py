@@ -23,6 +23,7 @@ from kvstore.client._core import RpcFailure
 from kvstore.server.kv_rules import KVRules, RequestError
 from kvstore.server.runtime import LeadershipLost
 from kvstore.v1 import kv_pb2
+from tests.sim.invariants import Invariants
 from tests.sim.node import ConnectionLost, Promise, SimNode
 from tests.sim.world import US_PER_MS, World
 
@@ -48,9 +49,11 @@ class RpcProfile:
 
 class SimService:
     def __init__(
-        self, world: World, rng: random.Random, nodes: dict[str, SimNode], profile: RpcProfile
+        self, world: World, rng: random.Random, nodes: dict[str, SimNode], profile: RpcProfile,
+        invariants: Invariants | None = None,
     ) -> None:
         self.world = world
+        self.invariants = invariants
         self.rng = rng
         self.nodes = nodes
         self.profile = profile
@@ -153,12 +156,18 @@ class SimService:
             node.propose(op.write).add_done_callback(written)
             return
 
+        # Everything committed anywhere before the read arrived must be in what it returns.
+        floor = (self.invariants.read_floor()
+                 if op.linearizable and self.invariants is not None else 0)
+
         def read(fut: Promise[int] | None = None) -> None:
             err = fut.error() if fut is not None else None
             if err is not None:
                 done(self._failure(rules, err))
                 return
             found, value, applied = node.disk.store.get(op.key)
+            if op.linearizable and self.invariants is not None:
+                self.invariants.check_linearizable_read(node.id, floor, applied)
             if not op.linearizable:
                 # A wiped node starts its history over: reads are monotonic per data dir.
                 who = node.id if not node.disk.wipes else f"{node.id}/wipe{node.disk.wipes}"

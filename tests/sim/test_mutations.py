@@ -14,11 +14,14 @@ import random
 
 import pytest
 
-from kvstore.raft.core import RaftConfig
+from kvstore.raft.core import Raft, RaftConfig
 from kvstore.raft.log import RaftLog
 from kvstore.raft.rawnode import RawNode
 from kvstore.raft.storage import LogStorage
-from kvstore.raft.types import HardState, Ready
+from kvstore.raft.types import Entry, HardState, Message, Role, Snapshot, SnapshotMeta
+from kvstore.server.runtime import Plan
+from kvstore.state import machine
+from kvstore.state.commands import ApplyResult
 from tests.sim.conftest import CLUSTER_SIZES, ci_cases
 from tests.sim.invariants import Invariants
 from tests.sim.node import SimNode
@@ -43,6 +46,9 @@ SAFETY = {
     "Durable term monotonicity",
     "Commit monotonicity",
     "Applied monotonicity",
+    # the leader's belief about durable copies, and a read's floor (thesis 10.2.1, 6.4)
+    "Match soundness",
+    "ReadIndex safety",
 }
 
 
@@ -95,6 +101,130 @@ def test_commit_previous_term_entry_by_counting_replicas(
                                  "No acknowledged write lost"}
 
 
+def test_read_index_before_noop_commits(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Thesis 6.4 (ReadIndex, step 1) removed: a new leader answers ReadIndex before an
+    entry of its own term has committed, so its read point can be a commit index older
+    than writes the previous leader already acknowledged: a stale read.
+
+    Only Linearizability sees it today, and only in a few CI runs late in the set: a stale
+    read is visible only on a key whose newer write completed before the read began. A
+    "ReadIndex safety" check (a linearizable read includes everything committed anywhere
+    when it arrived) would catch it at seed 0."""
+    monkeypatch.setattr(Raft, "committed_in_term", lambda self: True)
+    failure = first_catch(replay_seed)
+    assert failure.invariant in {"Linearizability", "ReadIndex safety"}
+
+
+def test_follower_truncates_matching_entries(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Thesis 3.5 (figure 3.1, AppendEntries receiver steps 3-4) broken: a follower whose
+    log matches `prev` deletes everything after it and appends the message's entries even
+    when they are already there and its log is longer, so a stale, duplicated or reordered
+    append throws away entries it acknowledged, which the leader may count toward commit."""
+
+    def maybe_append(self: RaftLog, prev_index: int, prev_term: int, commit: int,
+                     entries: tuple[Entry, ...]) -> int | None:
+        if not self.match_term(prev_index, prev_term):
+            return None
+        last_new = prev_index + len(entries)
+        if entries:
+            self.append(entries)  # replaces the whole suffix after prev_index
+        self.commit_to(min(commit, last_new))
+        return last_new
+
+    monkeypatch.setattr(RaftLog, "maybe_append", maybe_append)
+    failure = first_catch(replay_seed)
+    assert failure.invariant in {"Commit durability", "Match soundness", "Leader Completeness",
+                                 "Commit agreement", "Log Matching", "State Machine Safety",
+                                 "Linearizability", "No acknowledged write lost"}
+
+
+def test_leader_counts_its_unsynced_entries(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Thesis 10.2.1 broken: a leader may write its log in parallel with replication and
+    commit once a majority holds an entry on disk, but its own copy counts only once it is
+    durable (Raft.on_persisted). Here its own match advances as soon as entries are
+    appended (new terms' no-ops included), before the write.
+
+    The runtime hands the core no input between a Ready and its finish, so this wrong
+    self-count never decides a commit here; the Match soundness invariant catches the
+    leader's wrong belief itself (a future runtime that overlaps its own writes with
+    processing would turn it into lost writes)."""
+    original = Raft._append
+
+    def append_and_count(self: Raft, entries: list[Entry]) -> None:
+        original(self, entries)
+        if self.role == Role.LEADER:
+            self.prs[self.id].maybe_update(self.log.last_index())
+
+    monkeypatch.setattr(Raft, "_append", append_and_count)
+    failure = first_catch(replay_seed)
+    assert failure.invariant in {"Commit durability", "Match soundness", "Leader Completeness",
+                                 "Commit agreement", "Linearizability",
+                                 "No acknowledged write lost"}
+
+
+def test_snapshot_replaces_longer_matching_log(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Thesis 5.3 (figure 5.3, InstallSnapshot receiver step 6) broken: a follower whose
+    log already holds the snapshot's last entry must keep the entries after it; here it
+    restores the snapshot anyway and discards them, although it may have acknowledged them
+    (the trace marks each such discard with "MUTANT discards")."""
+
+    def handle_snapshot(self: Raft, m: Message) -> None:
+        snap = SnapshotMeta(m.index, m.log_term)
+        if snap.index <= self.log.committed:
+            ack = self.log.committed
+        else:
+            last = self.log.last_index()
+            if self.log.match_term(snap.index, snap.term) and last > snap.index:
+                self._log_event(f"MUTANT discards {snap.index + 1}..{last}")
+            self._log_event(f"restoring snapshot at {snap.index} (term {snap.term})")
+            self.log.restore(m.snapshot if m.snapshot is not None else Snapshot(snap))
+            self._received_leader_data()
+            ack = snap.index
+        self._answer_append(m.src, index=ack)
+
+    monkeypatch.setattr(Raft, "_handle_snapshot", handle_snapshot)
+    failure = first_catch(replay_seed)
+    assert failure.invariant in {"Commit durability", "Match soundness", "Leader Completeness",
+                                 "Commit agreement", "Log Matching", "State Machine Safety",
+                                 "Linearizability", "No acknowledged write lost"}
+
+
+# -- the state machine --------------------------------------------------------------------
+
+
+def test_session_dedup_switched_off(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Thesis 6.3 removed: the state machine no longer answers a retried (client_id, seq)
+    from the client's session but executes it again, so a write retried after a lost
+    answer or a failover takes effect twice."""
+    original = machine.ShardedStateMachine._apply_one
+
+    def apply_again(self: machine.ShardedStateMachine, txn: machine.KVTxn, entry: Entry,
+                    cache: dict[bytes, machine.Session | None],
+                    dirty: set[bytes]) -> ApplyResult:
+        result = original(self, txn, entry, cache, dirty)
+        if result.duplicate:  # forget the recorded answer and run the command again
+            session = cache[machine._storage_key(result.client_id)]
+            assert session is not None
+            del session.results[result.seq]
+            result = original(self, txn, entry, cache, dirty)
+        return result
+
+    monkeypatch.setattr(machine.ShardedStateMachine, "_apply_one", apply_again)
+    failure = first_catch(replay_seed)
+    assert failure.invariant in {"At-most-once", "No acknowledged write lost",
+                                 "Linearizability"}
+
+
 # -- the runtime --------------------------------------------------------------------------
 
 
@@ -102,7 +232,7 @@ class AckBeforeFsyncNode(SimNode):
     """A runtime that sends every Ready's messages before its write completes - also a
     follower's append responses and votes, which must wait for the fsync."""
 
-    def send_early(self, rd: Ready) -> bool:
+    def send_early(self, plan: Plan) -> bool:
         return True
 
 
@@ -117,6 +247,8 @@ def test_ack_before_fsync_loses_acknowledged_entries(
     """The same mutation with the Commit durability check switched off: the damage itself
     (a crash losing an acknowledged entry, then a leader without it) must be caught."""
     monkeypatch.setattr(Invariants, "_check_durable_quorum", lambda self, *args: None)
+    # The same belief checked continuously (proposed; absent until invariants.py has it).
+    monkeypatch.setattr(Invariants, "_check_match_soundness", lambda self: None, raising=False)
     failure = first_catch(replay_seed, AckBeforeFsyncNode)
     assert failure.invariant != "Commit durability"
 
