@@ -24,6 +24,7 @@ from kvstore.server.runtime import (
     NodeRuntime,
     NodeStore,
     Plan,
+    SessionExpired,
     StaleRequest,
     execute_write,
     resolve_applied,
@@ -32,7 +33,8 @@ from kvstore.state.commands import ApplyResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeadershipLost", "NodeDriver", "NodeStore", "StaleRequest", "resolve_applied"]
+__all__ = ["LeadershipLost", "NodeDriver", "NodeStore", "SessionExpired", "StaleRequest",
+           "resolve_applied"]
 
 
 class SnapshotSource(NodeStore, Protocol):
