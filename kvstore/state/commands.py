@@ -34,6 +34,9 @@ class ApplyResult:
         session that is gone can no longer tell a retry from a first attempt, so the
         client must not retry under that id (it registers a new session).
     registered: a register entry created a new session; client_id is its id (seq is 0).
+    alarm: a put or compare-and-swap refused because an alarm is raised (its AlarmOp type:
+        NOSPACE or CORRUPT); NOT applied and not recorded, so a retry after the alarm is
+        cleared applies it (once).
         Not the application of a client write.
     """
 
@@ -46,6 +49,7 @@ class ApplyResult:
     malformed: bool = False
     expired: bool = False
     registered: bool = False
+    alarm: int = 0
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
@@ -84,6 +88,17 @@ def encode_cas(
     cmd.cas.expect_absent = expected is None
     cmd.cas.expected = expected or b""
     cmd.cas.value = value
+    return cmd.SerializeToString()
+
+
+def encode_alarm(activate: bool, alarm_type: int, member: str) -> bytes:
+    """Entry data that raises (or clears) a cluster alarm; see kvstore.state.alarms. A
+    DEACTIVATE with member "" clears that alarm type for every member."""
+    cmd = raft_pb2.Command()
+    cmd.alarm.action = (raft_pb2.AlarmOp.ACTIVATE if activate
+                        else raft_pb2.AlarmOp.DEACTIVATE)
+    cmd.alarm.type = alarm_type  # type: ignore[assignment]
+    cmd.alarm.member = member
     return cmd.SerializeToString()
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvstore.raft.types import Entry, EntryType
+from kvstore.state import alarms
 from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
 from kvstore.state.ring import HashRing
 from kvstore.v1 import raft_pb2
@@ -276,10 +277,16 @@ class ShardedStateMachine:
             cmd = decode(entry.data)
         except CommandDecodeError:
             return ApplyResult(entry.index, b"", 0, ok=False, stale=False, malformed=True)
-        if cmd.WhichOneof("op") == "register":
+        op = cmd.WhichOneof("op")
+        if op == "register":
             return self._register(txn, entry.index, cache, dirty)
+        if op == "alarm":
+            return ApplyResult(entry.index, b"", 0, ok=alarms.apply(txn, cmd.alarm), stale=False)
         cid, seq = cmd.client_id, cmd.seq
         if not cid:
+            refused = self._refused_by_alarm(txn, op)
+            if refused:
+                return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
             return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
 
         sid = _storage_key(cid)
@@ -297,6 +304,9 @@ class ShardedStateMachine:
         if seq < session.lowest_pending_seq:
             return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
 
+        refused = self._refused_by_alarm(txn, op)
+        if refused:
+            return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
         ok = self._execute(txn, cmd)
         txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
         self._record(session, seq, cmd.lowest_pending_seq, ok)
@@ -361,6 +371,18 @@ class ShardedStateMachine:
             return victim
         txn.put(SESSIONS_DB, _COUNT, _U64.pack(count + 1))
         return None
+
+    @staticmethod
+    def _refused_by_alarm(txn: KVTxn, op: str | None) -> int:
+        """The alarm type that refuses this write (0: none). Deletes stay allowed: they are
+        how an operator frees space under NOSPACE."""
+        if op not in ("put", "cas") or not alarms.writes_blocked(txn):
+            return 0
+        raised = alarms.active(txn)
+        return raised[0].type if raised else 0
+
+    def active_alarms(self, txn: KVTxn) -> list[alarms.Alarm]:
+        return alarms.active(txn)
 
     def _execute(self, txn: KVTxn, cmd: raft_pb2.Command) -> bool:
         op = cmd.WhichOneof("op")

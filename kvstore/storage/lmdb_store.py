@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
+from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
 from kvstore.storage.batch import plan_batch
@@ -42,7 +43,18 @@ from kvstore.storage.snapshot_state import dump_state, open_snapshot
 
 FORMAT_VERSION = 1
 MAX_SHARDS = 256
-DEFAULT_MAP_SIZE = 64 << 30  # virtual address space only; the file grows as data is written
+DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's default --quota-backend-bytes
+MIN_HEADROOM_BYTES = 256 << 20
+
+
+def map_size_for(quota_bytes: int, data_bytes: int = 0) -> int:
+    """The LMDB map (address space reserved; the file grows only as data is written): above
+    the quota, so that after the NOSPACE alarm stops puts there is room left for deletes,
+    compaction and the log; and above what the data dir already holds, so that a node whose
+    data outgrew an older, smaller map opens with room to spare instead of failing on its
+    first write again (a crash loop)."""
+    headroom = max(quota_bytes // 4, MIN_HEADROOM_BYTES)
+    return max(quota_bytes, data_bytes) + headroom
 MAX_READERS = 1024
 LOCK_FILE = "kvstore.lock"
 
@@ -194,7 +206,7 @@ class LmdbNodeStore:
         path: str | os.PathLike[str],
         shards: int = 16,
         vnodes: int = 64,
-        map_size: int = DEFAULT_MAP_SIZE,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> LmdbNodeStore:
         """Open (creating if needed) the store in directory `path`.
@@ -208,14 +220,20 @@ class LmdbNodeStore:
             raise ValueError(f"shards must be in 1..{MAX_SHARDS}, got {shards}")
         if vnodes < 1:
             raise ValueError(f"vnodes must be >= 1, got {vnodes}")
+        if quota_bytes < 1:
+            raise ValueError(f"quota_bytes must be >= 1, got {quota_bytes}")
         spath = os.path.abspath(os.fspath(path))
         os.makedirs(spath, exist_ok=True)
+        try:
+            data_bytes = os.path.getsize(os.path.join(spath, "data.mdb"))
+        except OSError:
+            data_bytes = 0
         lock_fd = _lock_data_dir(spath)
         env: lmdb.Environment | None = None
         try:
             env = lmdb.open(
                 spath,
-                map_size=map_size,
+                map_size=map_size_for(quota_bytes, data_bytes),
                 max_dbs=MAX_SHARDS + 8,
                 max_readers=MAX_READERS,
                 subdir=True,
@@ -444,6 +462,16 @@ class LmdbNodeStore:
     def session(self, client_id: bytes) -> Session | None:
         """The exactly-once session of `client_id` (for status and tests)."""
         return self._read(lambda t: self.machine.session(t, client_id))
+
+    def size_bytes(self) -> int:
+        """Bytes of the database in use (up to its highest page), the measure the quota
+        (`--quota-backend-bytes`) is checked against, as etcd checks its backend size."""
+        info = self._env.info()
+        return (info["last_pgno"] + 1) * self._env.stat()["psize"]
+
+    def alarms(self) -> list[Alarm]:
+        """The cluster alarms raised in the applied state."""
+        return self._read(self.machine.active_alarms)
 
     def session_count(self) -> int:
         return self._read(self.machine.session_count)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 
 from kvstore.raft.types import Entry, HardState, SnapshotMeta
+from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import (
     DEFAULT_MAX_SESSIONS,
@@ -177,6 +178,15 @@ class MemoryNodeStore:
 
     def session(self, client_id: bytes) -> Session | None:
         return self.machine.session(DictTxn(self._dbs), client_id)
+
+    def size_bytes(self) -> int:
+        """An estimate of the bytes in use: log records plus every database record."""
+        data = sum(len(k) + len(v) for db in self._dbs.values() for k, v in db.items())
+        return self.log_bytes() + data
+
+    def alarms(self) -> list[Alarm]:
+        """The cluster alarms raised in the applied state."""
+        return self.machine.active_alarms(DictTxn(self._dbs))
 
     def session_count(self) -> int:
         return self.machine.session_count(DictTxn(self._dbs))

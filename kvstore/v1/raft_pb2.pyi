@@ -102,7 +102,7 @@ class SnapshotAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register")
+    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LOWEST_PENDING_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Command(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CAS_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     lowest_pending_seq: int
@@ -117,11 +118,36 @@ class Command(_message.Message):
     delete: DeleteOp
     cas: CasOp
     register: RegisterOp
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ...) -> None: ...
+    alarm: AlarmOp
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ...) -> None: ...
 
 class RegisterOp(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AlarmOp(_message.Message):
+    __slots__ = ("action", "type", "member")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTIVATE: _ClassVar[AlarmOp.Action]
+        DEACTIVATE: _ClassVar[AlarmOp.Action]
+    ACTIVATE: AlarmOp.Action
+    DEACTIVATE: AlarmOp.Action
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        NONE: _ClassVar[AlarmOp.Type]
+        NOSPACE: _ClassVar[AlarmOp.Type]
+        CORRUPT: _ClassVar[AlarmOp.Type]
+    NONE: AlarmOp.Type
+    NOSPACE: AlarmOp.Type
+    CORRUPT: AlarmOp.Type
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    action: AlarmOp.Action
+    type: AlarmOp.Type
+    member: str
+    def __init__(self, action: _Optional[_Union[AlarmOp.Action, str]] = ..., type: _Optional[_Union[AlarmOp.Type, str]] = ..., member: _Optional[str] = ...) -> None: ...
 
 class PutOp(_message.Message):
     __slots__ = ("key", "value")

@@ -80,7 +80,7 @@ def _is_application(r: ApplyResult) -> bool:
     """Whether `r` is a client's write taking effect in its session (what at-most-once
     counts)."""
     return bool(r.client_id) and not (r.duplicate or r.stale or r.malformed or r.expired
-                                      or r.registered)
+                                      or r.registered or r.alarm)
 
 
 def session_name(client_id: bytes) -> str:

@@ -284,3 +284,19 @@ def test_reads_during_concurrent_writes_are_consistent(data_dir: Path) -> None:
         thread.join()
         assert not errors
         assert store.get(b"k") == (True, b"%d" % n, n)
+
+
+def test_quota_sizes_the_map_above_it_and_above_the_data(tmp_path: Path) -> None:
+    from kvstore.storage.lmdb_store import MIN_HEADROOM_BYTES, map_size_for
+
+    assert map_size_for(2 << 30) == (2 << 30) + (512 << 20)
+    assert map_size_for(1 << 20) == (1 << 20) + MIN_HEADROOM_BYTES
+    # A data dir that outgrew its quota (set lower later) still opens with room to write.
+    assert map_size_for(1 << 20, 10 << 30) == (10 << 30) + MIN_HEADROOM_BYTES
+    with LmdbNodeStore.open(tmp_path / "d", quota_bytes=1 << 20) as store:
+        before = store.size_bytes()
+        entries = [Entry(1, i, EntryType.NORMAL, b"x" * 4000) for i in range(1, 301)]
+        store.persist_and_apply(None, entries, [])
+        assert store.size_bytes() > max(before, 1 << 20)  # past the quota: writing still works
+    with pytest.raises(ValueError):
+        LmdbNodeStore.open(tmp_path / "e", quota_bytes=0)
