@@ -15,8 +15,9 @@ from typing import Any
 import grpc
 
 from kvstore.raft.errors import NotLeader
-from kvstore.server.runtime import LeadershipLost, SessionExpired, StaleRequest
+from kvstore.server.runtime import AlarmRefused, LeadershipLost, SessionExpired, StaleRequest
 from kvstore.state import commands
+from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.v1 import kv_pb2
 
@@ -170,6 +171,20 @@ class KVRules:
 
     # -- outcomes to status codes --------------------------------------------------------
 
+    @staticmethod
+    def alarm_refusal(alarm_type: int) -> RequestError:
+        """What a put or compare-and-swap gets while an alarm is raised (etcd's wording)."""
+        if alarm_type == NOSPACE:
+            return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "etcdserver: mvcc: database space exceeded")
+        return RequestError(grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
+
+    def check_alarms(self, method: str, raised: list[Alarm]) -> None:
+        """Refuse a put or compare-and-swap up front while an alarm is raised, rather than
+        growing the log with entries that will be refused when applied."""
+        if raised and method in ("Put", "CompareAndSwap"):
+            raise self.alarm_refusal(raised[0].type)
+
     def not_leader(self, leader: str) -> RequestError:
         address = self.address_of(leader) if leader else ""
         where = f"leader is {leader} at {address}" if leader else "leader unknown"
@@ -190,6 +205,8 @@ class KVRules:
         if isinstance(err, StaleRequest):
             # Not retryable: the session already moved past this write id.
             return RequestError(grpc.StatusCode.ABORTED, str(err))
+        if isinstance(err, AlarmRefused):
+            return self.alarm_refusal(err.alarm_type)
         if isinstance(err, SessionExpired):
             return RequestError(grpc.StatusCode.NOT_FOUND, str(err))
         if isinstance(err, TimeoutError):

@@ -49,6 +49,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         """One operation, start to answer; raises RequestError."""
         op: Operation = self.rules.prepare(method, request)
         if op.write is not None:
+            self.rules.check_alarms(method, self.store.alarms())
             result = await self._wait(self.driver.propose(op.write), context)
             return self.rules.write_response(method, result, self._header())
         if op.linearizable:

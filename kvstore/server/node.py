@@ -60,6 +60,7 @@ class NodeDriver:
         snapshot_entries: int = 10_000,
         send_snapshot: SendSnapshot | None = None,
         resync_marker: str | None = None,
+        quota_bytes: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -76,6 +77,7 @@ class NodeDriver:
             can_send_snapshots=send_snapshot is not None,
             resyncing=resync_marker is not None,
             log=log.info,
+            quota_bytes=quota_bytes,
         )
         self._wake = asyncio.Event()
         self._stopping = False

@@ -47,6 +47,8 @@ from kvstore.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
+from kvstore.state import commands
+from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.storage import snapshot_file
 from kvstore.storage.errors import StorageError
@@ -65,6 +67,10 @@ class NodeStore(LogStorage, Protocol):
 
     def compact(self, upto: int) -> None: ...
 
+    def size_bytes(self) -> int: ...
+
+    def alarms(self) -> list[Alarm]: ...
+
     def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta: ...
 
 
@@ -80,6 +86,35 @@ class StaleRequest(Exception):
 class SessionExpired(Exception):
     """The write names a session the state machine does not hold (evicted, or never
     registered); it was not applied now (an earlier attempt of it may have been)."""
+
+
+class AlarmRefused(Exception):
+    """A put or compare-and-swap was refused because a cluster alarm is raised (NOSPACE or
+    CORRUPT); it was not applied."""
+
+    def __init__(self, alarm_type: int) -> None:
+        self.alarm_type = alarm_type
+        name = "database space exceeded" if alarm_type == NOSPACE else "corruption detected"
+        super().__init__(f"writes refused: {name} (see `kvstore alarm list`)")
+
+
+class _Unwatched:
+    """A waiter for proposals the runtime makes itself (alarms): nobody awaits them."""
+
+    def __init__(self, on_done: Callable[[], None]) -> None:
+        self._done = False
+        self._on_done = on_done
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._done = True
+        self._on_done()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._on_done()
 
 
 class Waiter(Protocol):
@@ -112,6 +147,8 @@ def resolve_applied(
             fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
         elif result.stale:
             fut.set_exception(StaleRequest("write id older than its session remembers"))
+        elif result.alarm:
+            fut.set_exception(AlarmRefused(result.alarm))
         elif result.expired:
             fut.set_exception(SessionExpired(
                 "client session not found (evicted or never registered); not applied now, "
@@ -174,6 +211,7 @@ class NodeRuntime:
         resyncing: bool = False,
         log: Callable[[str], None] | None = None,
         raft_options: dict[str, Any] | None = None,
+        quota_bytes: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -206,6 +244,8 @@ class NodeRuntime:
         self._waiting_read_ids: dict[int, Waiter] = {}
         self._waiting_apply: list[tuple[int, Waiter]] = []
         self._streaming: set[str] = set()  # peers we are sending a snapshot to
+        self.quota_bytes = quota_bytes
+        self._alarm_proposed = False  # a NOSPACE alarm of ours is in the log, not yet applied
         self._in_plan: Plan | None = None
 
     def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
@@ -364,6 +404,26 @@ class NodeRuntime:
                 w.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
         self._release_reads()
         self.raw.advance(rd)
+        if rd.committed:
+            self._check_quota()
+
+    def _check_quota(self) -> None:
+        """As etcd: once this node's database passes the quota, raise the NOSPACE alarm
+        through the log, so every member refuses puts from the same entry on. Only a
+        leader can propose; a follower's database holds the same data."""
+        if (self.quota_bytes is None or self.role != Role.LEADER or self._alarm_proposed
+                or self.store.size_bytes() <= self.quota_bytes):
+            return
+        if any(a.type == NOSPACE and a.member == self.node_id for a in self.store.alarms()):
+            return
+        self._log(f"database size {self.store.size_bytes()} bytes passed the quota of "
+                  f"{self.quota_bytes}: raising the NOSPACE alarm")
+        self._alarm_proposed = True
+        self.propose(commands.encode_alarm(True, NOSPACE, self.node_id),
+                     _Unwatched(self._alarm_settled))
+
+    def _alarm_settled(self) -> None:
+        self._alarm_proposed = False
 
     def resync_finished(self) -> bool:
         """True once, when a resyncing node holds data from a leader and it is durable:

@@ -13,6 +13,7 @@ import pytest
 from kvstore.raft.errors import NotLeader
 from kvstore.raft.types import Message, MessageType, Role
 from kvstore.server.runtime import (
+    AlarmRefused,
     LeadershipLost,
     NodeRuntime,
     Plan,
@@ -245,3 +246,21 @@ def test_compaction_is_due_after_snapshot_entries_applied_entries() -> None:
     assert upto == rt.applied_index - 2
     rt.store.compact(upto)
     assert rt.compaction_due() is None
+
+
+def test_a_leader_past_its_quota_raises_nospace_through_the_log() -> None:
+    rt = single_leader(quota_bytes=1)  # any data is past a quota of one byte
+    first = Box()
+    rt.propose(commands.encode_register(), first)
+    run_turns(rt)
+    run_turns(rt)  # the alarm proposal queued by the apply goes out and applies
+    assert [(a.name, a.member) for a in rt.store.alarms()] == [("NOSPACE", "n1")]
+    refused = Box()
+    rt.propose(commands.encode_put(first.result.client_id, 1, 1, b"k", b"v"), refused)
+    run_turns(rt)
+    assert isinstance(refused.error, AlarmRefused) and rt.store.get(b"k")[0] is False
+    # raised once: more applies do not propose it again
+    rt.propose(commands.encode_delete(first.result.client_id, 2, 2, b"k"), Box())
+    run_turns(rt)
+    run_turns(rt)
+    assert len(rt.store.alarms()) == 1

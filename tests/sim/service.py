@@ -146,6 +146,12 @@ class SimService:
             done(err)
             return
         if op.write is not None:
+            try:
+                rules.check_alarms(method, node.disk.store.alarms())
+            except RequestError as err:
+                done(err)
+                return
+
             def written(fut: Promise[Any]) -> None:
                 err = fut.error()
                 if err is not None:
