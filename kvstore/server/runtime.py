@@ -47,6 +47,7 @@ from kvstore.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
+from kvstore.server import peer_checks
 from kvstore.state import commands
 from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
@@ -54,6 +55,7 @@ from kvstore.storage import snapshot_file
 from kvstore.storage.errors import StorageError
 
 MAX_TICKS_PER_TURN = 3
+MAX_HASH_CHECKS = 16
 
 
 class NodeStore(LogStorage, Protocol):
@@ -244,7 +246,10 @@ class NodeRuntime:
         self._waiting_read_ids: dict[int, Waiter] = {}
         self._waiting_apply: list[tuple[int, Waiter]] = []
         self._streaming: set[str] = set()  # peers we are sending a snapshot to
+        self._peers = frozenset(cfg.voters) - {node_id}  # who may send us messages
         self.quota_bytes = quota_bytes
+        # Hashes of our state taken at hash-check entries: log index -> digest (the latest few).
+        self.hash_checks: dict[int, str] = {}
         self._alarm_proposed = False  # a NOSPACE alarm of ours is in the log, not yet applied
         self._in_plan: Plan | None = None
 
@@ -258,23 +263,54 @@ class NodeRuntime:
         self._ticks_due += 1
 
     def deliver(self, msg: Message) -> bool:
-        """A message from a peer. Returns False (and drops it) when it is not one a peer
-        may send us: addressed elsewhere, or a SNAP, which only `deliver_snapshot` makes
-        after checking the snapshot itself."""
-        if msg.dst != self.node_id or msg.type == MessageType.SNAP:
-            self._log(f"refused {msg.type.name} from {msg.src!r} to {msg.dst!r}")
+        """A message from a peer. Returns False, logs why and drops it when no correct peer
+        could have sent it (kvstore.server.peer_checks: addressed elsewhere, from a
+        non-member, a SNAP — which only `deliver_snapshot` makes, after checking the
+        snapshot itself —, out-of-range terms or indexes, broken entry sequences, an
+        acknowledgement past our log). Never raises: one bad message must not end a peer's
+        stream."""
+        why = peer_checks.refusal(msg, self._receiver())
+        if why is not None:
+            self._log(f"refused {peer_checks.type_name(msg.type)} from {msg.src!r} "
+                      f"to {msg.dst!r}: {why}")
             return False
         self._inbox.append(msg)
         return True
 
+    def _receiver(self) -> peer_checks.Receiver:
+        raw = self.raw
+        leading = raw.role == Role.LEADER
+        return peer_checks.Receiver(self.node_id, self._peers, raw.term,
+                                    raw.last_index() if leading else None)
+
     def deliver_snapshot(self, src: str, term: int, data: bytes) -> None:
-        """A complete snapshot arrived from `src` (leader of `term`). Raises ValueError if it
-        is damaged. The core decides whether to install it; the data travels with the
-        message and comes back in the Ready that installs it."""
+        """A complete snapshot arrived from `src` (leader of `term`). Raises ValueError
+        (the transport refuses the stream with its message) unless `src` is the leader we
+        follow in our current term and the data is intact. The core decides whether to
+        install it; the data travels with the message and comes back in the Ready that
+        installs it.
+
+        Why only from the current leader: a snapshot replaces our whole state and log, so
+        it is the most damaging thing a peer can send. A correct leader sends one only
+        after probing us with appends, which made us follow it in its term (a resyncing
+        node too: it adopts the term and the leader of the first append or heartbeat that
+        reaches it), so refusing anything else costs a correct leader at most a retry. The
+        core agrees: a lower term is refused there too, and within a term there is only
+        one leader."""
+        raw = self.raw
+        why = peer_checks.snapshot_refusal(src, term, self._peers, raw.term,
+                                           raw.soft_state().leader)
+        if why is not None:
+            self._log(f"refused snapshot from {src!r} at term {term}: {why}")
+            raise ValueError(f"snapshot from {src} rejected: {why}")
         try:
             header, _ = snapshot_file.read(data)
         except StorageError as err:
             raise ValueError(f"snapshot from {src} rejected: {err}") from None
+        why = peer_checks.snapshot_meta_refusal(header.index, header.term, term)
+        if why is not None:
+            self._log(f"refused snapshot from {src!r} at term {term}: {why}")
+            raise ValueError(f"snapshot from {src} rejected: {why}")
         snap = Snapshot(SnapshotMeta(header.index, header.term), data)
         self._inbox.append(Message(MessageType.SNAP, src, self.node_id, term,
                                    log_term=header.term, index=header.index, snapshot=snap))
@@ -394,6 +430,7 @@ class NodeRuntime:
         if rd.committed:
             self.applied_index = rd.committed[-1].index
             resolve_applied(self._waiting_entries, rd.committed, results)
+            self._keep_hash_checks(results)
         for rs in rd.read_states:
             w = self._waiting_read_ids.pop(rs.request_id, None)
             if w is not None and not w.done():
@@ -406,6 +443,13 @@ class NodeRuntime:
         self.raw.advance(rd)
         if rd.committed:
             self._check_quota()
+
+    def _keep_hash_checks(self, results: Sequence[ApplyResult]) -> None:
+        for r in results:
+            if r.digest:
+                self.hash_checks[r.index] = r.digest
+        while len(self.hash_checks) > MAX_HASH_CHECKS:
+            del self.hash_checks[min(self.hash_checks)]
 
     def _check_quota(self) -> None:
         """As etcd: once this node's database passes the quota, raise the NOSPACE alarm

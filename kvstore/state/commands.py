@@ -34,6 +34,8 @@ class ApplyResult:
         session that is gone can no longer tell a retry from a first attempt, so the
         client must not retry under that id (it registers a new session).
     registered: a register entry created a new session; client_id is its id (seq is 0).
+    digest: a hash-check entry: the hash of this member's shards right after applying the
+        entries before it (equal on members in sync).
     alarm: a put or compare-and-swap refused because an alarm is raised (its AlarmOp type:
         NOSPACE or CORRUPT); NOT applied and not recorded, so a retry after the alarm is
         cleared applies it (once).
@@ -50,6 +52,7 @@ class ApplyResult:
     expired: bool = False
     registered: bool = False
     alarm: int = 0
+    digest: str = ""
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
@@ -99,6 +102,13 @@ def encode_alarm(activate: bool, alarm_type: int, member: str) -> bytes:
                         else raft_pb2.AlarmOp.DEACTIVATE)
     cmd.alarm.type = alarm_type  # type: ignore[assignment]
     cmd.alarm.member = member
+    return cmd.SerializeToString()
+
+
+def encode_hash_check() -> bytes:
+    """Entry data asking every member to hash its state at this log index."""
+    cmd = raft_pb2.Command()
+    cmd.hash_check.SetInParent()
     return cmd.SerializeToString()
 
 

@@ -102,7 +102,7 @@ class SnapshotAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm")
+    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm", "hash_check")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LOWEST_PENDING_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class Command(_message.Message):
     CAS_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
+    HASH_CHECK_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     lowest_pending_seq: int
@@ -119,7 +120,12 @@ class Command(_message.Message):
     cas: CasOp
     register: RegisterOp
     alarm: AlarmOp
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ...) -> None: ...
+    hash_check: HashCheckOp
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ..., hash_check: _Optional[_Union[HashCheckOp, _Mapping]] = ...) -> None: ...
+
+class HashCheckOp(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class RegisterOp(_message.Message):
     __slots__ = ()

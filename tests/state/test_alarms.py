@@ -97,3 +97,24 @@ def _export(node: Node) -> tuple[object, bytes]:
     path = Path(store.path) / "snap.tmp"
     meta = store.write_snapshot(str(path))
     return meta, path.read_bytes()
+
+
+def test_hash_check_entries_hash_the_state_at_their_index(tmp_path: Path) -> None:
+    from kvstore.state.commands import encode_hash_check
+    from kvstore.state.machine import shard_db_name
+
+    nodes = [Node(_open("lmdb", tmp_path / "a", 8)), Node(MemoryNodeStore(shards=4, vnodes=16))]
+    digests = []
+    for n in nodes:
+        a = n.register()
+        n.put(a, 1, b"k1", b"v1")
+        n.put(a, 2, b"k2", b"v2")
+        digests.append(n.apply(encode_hash_check()).digest)
+    assert digests[0] and digests[0] == digests[1]  # same log, same state: same hash
+    mem = nodes[1].store
+    assert isinstance(mem, MemoryNodeStore)
+    shard = next(name for name in (shard_db_name(s) for s in range(4)) if mem._dbs[name])
+    key = next(iter(mem._dbs[shard]))
+    mem._dbs[shard][key] = mem._dbs[shard][key] + b"!"  # bit rot behind the log's back
+    assert nodes[1].apply(encode_hash_check()).digest != nodes[0].apply(encode_hash_check()).digest
+    nodes[0].store.close()
