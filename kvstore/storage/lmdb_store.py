@@ -464,10 +464,15 @@ class LmdbNodeStore:
         return self._read(lambda t: self.machine.session(t, client_id))
 
     def size_bytes(self) -> int:
-        """Bytes of the database in use (up to its highest page), the measure the quota
-        (`--quota-backend-bytes`) is checked against, as etcd checks its backend size."""
-        info = self._env.info()
-        return (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        """Bytes of LMDB pages holding data (every database's branch, leaf and overflow
+        pages; freed pages waiting for reuse do not count), the measure the quota
+        (`--quota-backend-bytes`) is checked against. Unlike the file size it goes down
+        when keys are deleted and the log is compacted, so a NOSPACE alarm can be cleared
+        after freeing space (etcd needs a defragmentation for that)."""
+        with self._env.begin() as txn:
+            stats = [txn.stat(db) for db in self._dbs.values()]
+        return sum((st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+                   for st in stats)
 
     def alarms(self) -> list[Alarm]:
         """The cluster alarms raised in the applied state."""
