@@ -14,13 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvstore.cluster.layout import PEER_PORT_OFFSET
+
 KVSTORE = [sys.executable, "-m", "kvstore.cli"]
 
 
-def free_base_port(count: int, start: int = 20000, stop: int = 40000) -> int:
-    """A base port P such that P..P+count-1 are all free on 127.0.0.1."""
+def free_base_port(count: int, start: int = 20000, stop: int = 40000,
+                   offsets: tuple[int, ...] = (0,)) -> int:
+    """A base port P such that P+o..P+o+count-1 are all free on 127.0.0.1 for every offset
+    o (a kvstore cluster needs (0, 100): client ports, then peer ports 100 above)."""
     for base in range(start + os.getpid() % 997 * 13, stop, count + 3):
-        if all(_port_free(base + i) for i in range(count)):
+        if all(_port_free(base + o + i) for o in offsets for i in range(count)):
             return base
     raise RuntimeError("no free port range on 127.0.0.1")
 
@@ -72,7 +76,7 @@ class LocalCluster:
 def local_cluster(nodes: int = 3, directory: str | None = None) -> Iterator[LocalCluster]:
     """A fresh cluster in a temporary directory; always brought down on exit."""
     tmp = Path(directory or tempfile.mkdtemp(prefix="kvstore-bench-"))
-    base = free_base_port(nodes)
+    base = free_base_port(nodes, offsets=(0, PEER_PORT_OFFSET))
     try:
         run_cli("cluster", "up", "--nodes", str(nodes), "--dir", str(tmp),
                 "--base-port", str(base))

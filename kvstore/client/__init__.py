@@ -5,6 +5,9 @@
         c.put("k", "v")
         assert c.get("k") == b"v"
 
+Over TLS: ``KVClient(endpoints, tls=TLSConfig(ca="ca.crt", cert="client.crt",
+key="client.key"))`` (see :mod:`kvstore.client.tls`).
+
 :class:`KVClient` (blocking) and :class:`AsyncKVClient` (asyncio) are thin shells
 over one sans-I/O core (``kvstore.client._core``), so they behave identically.
 """
@@ -28,6 +31,7 @@ from kvstore.client.errors import (
     Unavailable,
 )
 from kvstore.client.sync import KVClient
+from kvstore.client.tls import TLSConfig, TLSConfigError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -40,6 +44,8 @@ __all__ = [
     "NotLeader",
     "SessionExpired",
     "StaleWrite",
+    "TLSConfig",
+    "TLSConfigError",
     "Timeout",
     "Unavailable",
     "WriteId",

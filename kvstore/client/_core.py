@@ -388,6 +388,30 @@ def failure_from_rpc_error(error: Any) -> RpcFailure:
     )
 
 
+# How a client connects, for the hint on a connection the server broke off (see below).
+PLAINTEXT, SERVER_TLS, MUTUAL_TLS = "plaintext", "tls", "mutual-tls"
+
+
+def connection_hint(failure: RpcFailure, security: str) -> str:
+    """A hint for a connection a node closed while it was being set up.
+
+    gRPC reports a TLS handshake that the *server* refused (a plaintext client, no or
+    an untrusted client certificate) only as "Socket closed" at connect time, which
+    reads like a crash. A refusal by the client (the server's certificate is not
+    signed by our CA) comes with its own clear "CERTIFICATE_VERIFY_FAILED" and needs
+    no hint. Returns "" when there is nothing to add.
+    """
+    if not _never_sent(failure) or "socket closed" not in failure.details.lower():
+        return ""
+    if security == PLAINTEXT:
+        why = "it may require TLS: give its CA certificate, --cacert or TLSConfig(ca=...)"
+    elif security == SERVER_TLS:
+        why = "it may require a client certificate: --cert and --key"
+    else:
+        why = "it may not trust this client certificate"
+    return f" (the node closed the connection during setup; {why})"
+
+
 def _never_sent(failure: RpcFailure) -> bool:
     """True if gRPC reports that no connection was made, so no server saw the request.
 
@@ -509,8 +533,10 @@ class Call(Generic[R]):
         rng: random.Random,
         write_ids: WriteIds,
         now: float,
+        security: str = PLAINTEXT,
     ) -> None:
         self.op = op
+        self._security = security
         self._router = router
         self._policy = policy
         self._rng = rng
@@ -706,7 +732,8 @@ class Call(Generic[R]):
                 maybe_applied=applied,
             )
         endpoint, failure, kind = self._last_failure
-        last = f"last error from {endpoint}: {failure.describe()}"
+        hint = connection_hint(failure, self._security)
+        last = f"last error from {endpoint}: {failure.describe()}{hint}"
         if kind is _Kind.UNAVAILABLE:
             return Unavailable(
                 f"{self.op.name}: no node could serve it within {self.timeout:g}s; "
@@ -771,8 +798,10 @@ class ClientCore:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
+        security: str = PLAINTEXT,
     ) -> None:
         self.policy = RetryPolicy(timeout, attempt_timeout, backoff_initial, backoff_max)
+        self.security = security  # PLAINTEXT, SERVER_TLS or MUTUAL_TLS: only for hints
         self.router = Router(parse_endpoints(endpoints))
         self.write_ids = WriteIds()
         self.rng = rng if rng is not None else random.Random()
@@ -790,6 +819,7 @@ class ClientCore:
             rng=self.rng,
             write_ids=self.write_ids,
             now=now,
+            security=self.security,
         )
 
     # -- operations
@@ -891,8 +921,14 @@ class ClientCore:
         )
 
     @staticmethod
-    def unreachable(endpoint: str, failure: RpcFailure | str) -> NodeStatus:
-        error = failure if isinstance(failure, str) else failure.describe()
+    def unreachable(
+        endpoint: str, failure: RpcFailure | str, security: str = PLAINTEXT
+    ) -> NodeStatus:
+        """A node that did not answer Status (``security``: how we connected, for hints)."""
+        if isinstance(failure, str):
+            error = failure
+        else:
+            error = failure.describe() + connection_hint(failure, security)
         return NodeStatus(
             id=None,
             address=endpoint,
@@ -929,6 +965,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_TIMEOUT",
+    "MUTUAL_TLS",
+    "PLAINTEXT",
+    "SERVER_TLS",
     "Attempt",
     "Backoff",
     "CONTINUE",
@@ -945,6 +984,7 @@ __all__ = [
     "Step",
     "WriteId",
     "WriteIds",
+    "connection_hint",
     "failure_from_rpc_error",
     "parse_endpoint",
     "parse_endpoints",

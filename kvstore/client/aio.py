@@ -33,6 +33,7 @@ from kvstore.client._core import (
     failure_from_rpc_error,
 )
 from kvstore.client.batching import BatchFailure, EndpointBatcher, batchable
+from kvstore.client.tls import TLSConfig, security_of
 from kvstore.v1 import kv_pb2_grpc
 
 R = TypeVar("R")
@@ -58,6 +59,7 @@ class AsyncKVClient:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
+        tls: TLSConfig | None = None,
         coalesce: bool = True,
     ) -> None:
         self._core = ClientCore(
@@ -67,7 +69,10 @@ class AsyncKVClient:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
+            security=security_of(tls),
         )
+        # Read the certificate files now: a bad path is an error here, not on every call.
+        self._credentials = None if tls is None else tls.credentials()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
         self._batchers: dict[str, EndpointBatcher] | None = {} if coalesce else None
@@ -125,7 +130,8 @@ class AsyncKVClient:
             try:
                 response = await self._stub(endpoint).Status(request, timeout=deadline)
             except grpc.RpcError as exc:
-                return self._core.unreachable(endpoint, failure_from_rpc_error(exc))
+                return self._core.unreachable(
+                    endpoint, failure_from_rpc_error(exc), self._core.security)
             return self._core.node_status(endpoint, response)
 
         return list(await asyncio.gather(*(one(ep) for ep in self._core.endpoints)))
@@ -157,7 +163,11 @@ class AsyncKVClient:
             raise RuntimeError("AsyncKVClient is closed")
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials,
+                                                  options=CHANNEL_OPTIONS)
             self._channels[endpoint] = channel
             stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
         return stub

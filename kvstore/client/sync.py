@@ -31,6 +31,7 @@ from kvstore.client._core import (
     Operation,
     failure_from_rpc_error,
 )
+from kvstore.client.tls import TLSConfig, security_of
 from kvstore.v1 import kv_pb2_grpc
 
 R = TypeVar("R")
@@ -55,6 +56,7 @@ class KVClient:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         rng: random.Random | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self._core = ClientCore(
             endpoints,
@@ -63,7 +65,10 @@ class KVClient:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
+            security=security_of(tls),
         )
+        # Read the certificate files now: a bad path is an error here, not on every call.
+        self._credentials = None if tls is None else tls.credentials()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
         self._lock = threading.Lock()
@@ -128,7 +133,8 @@ class KVClient:
             try:
                 result.append(self._core.node_status(endpoint, future.result()))
             except grpc.RpcError as exc:
-                result.append(self._core.unreachable(endpoint, failure_from_rpc_error(exc)))
+                result.append(self._core.unreachable(
+                    endpoint, failure_from_rpc_error(exc), self._core.security))
         return result
 
     def close(self) -> None:
@@ -158,7 +164,11 @@ class KVClient:
                 raise RuntimeError("KVClient is closed")
             stub = self._stubs.get(endpoint)
             if stub is None:
-                channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                else:
+                    channel = grpc.secure_channel(endpoint, self._credentials,
+                                                  options=CHANNEL_OPTIONS)
                 self._channels[endpoint] = channel
                 stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
             return stub

@@ -1,7 +1,8 @@
 """Cluster definitions: which nodes a local cluster has, where they listen, how they are tuned.
 
 The built-in layout (``default_layout``) is what ``kvstore cluster up`` uses
-without ``--config``: node i is "n{i}" on 127.0.0.1:base_port+i-1. The files in the
+without ``--config``: node i is "n{i}", serving clients on 127.0.0.1:base_port+i-1
+and peers on 127.0.0.1:base_port+100+i-1 (PEER_PORT_OFFSET). The files in the
 repository's top-level ``cluster/`` directory (local-3.json, local-5.json) describe
 the same layouts explicitly and can be passed with ``--config``; a test keeps the
 two in agreement.
@@ -17,6 +18,9 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 7001
+# A node's peer port is its client port plus this, unless a definition says otherwise
+# (the contract of local clusters: clients at P+i-1, peers at P+100+i-1).
+PEER_PORT_OFFSET = 100
 DEFAULT_NODES = 3
 MIN_NODES = 3
 MAX_NODES = 5
@@ -28,6 +32,7 @@ SETTING_OPTIONS: dict[str, str] = {
     "shards": "--shards",
     "max_value_bytes": "--max-value-bytes",
     "snapshot_entries": "--snapshot-entries",
+    "max_snapshot_bytes": "--max-snapshot-bytes",
 }
 # Boolean settings, mapped to the `kvstore serve` flag that ``true`` turns on. Kept apart
 # from SETTING_OPTIONS because a flag takes no value (``"fault_injection": true`` is how
@@ -47,11 +52,18 @@ class LayoutError(ValueError):
 class NodeSpec:
     id: str
     host: str
-    port: int
+    port: int  # the client port
+    peer_port: int
 
     @property
     def address(self) -> str:
+        """Where clients reach the node."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def peer_address(self) -> str:
+        """Where the other nodes reach it (Raft, snapshots, the Admin service)."""
+        return f"{self.host}:{self.peer_port}"
 
 
 @dataclass(frozen=True)
@@ -66,11 +78,14 @@ class Layout:
                 return spec
         raise KeyError(node_id)
 
-    def serve_args(self, node_id: str, data_dir: str) -> list[str]:
-        """The `kvstore serve` arguments (after "serve") that start ``node_id``."""
+    def serve_args(self, node_id: str, data_dir: str, extra: list[str] | None = None) -> list[str]:
+        """The `kvstore serve` arguments (after "serve") that start ``node_id``; ``extra``
+        (the cluster id, TLS files: what belongs to one cluster directory rather than to
+        the layout) goes before the settings."""
         me = self.node(node_id)
-        peers = ",".join(f"{n.id}={n.address}" for n in self.nodes if n.id != node_id)
-        args = ["--id", me.id, "--listen", me.address, "--peers", peers, "--data-dir", data_dir]
+        peers = ",".join(f"{n.id}={n.peer_address}" for n in self.nodes if n.id != node_id)
+        args = ["--id", me.id, "--listen", me.address, "--listen-peer", me.peer_address,
+                "--peers", peers, "--data-dir", data_dir, *(extra or [])]
         for key, value in self.settings.items():
             if key in SETTING_FLAGS:
                 if value:
@@ -83,12 +98,17 @@ class Layout:
 def default_layout(
     nodes: int = DEFAULT_NODES, base_port: int = DEFAULT_BASE_PORT, host: str = DEFAULT_HOST
 ) -> Layout:
-    """Node i = "n{i}" on host:base_port+i-1 (the contract of `kvstore cluster up`)."""
+    """Node i = "n{i}" with clients on host:base_port+i-1 and peers on
+    host:base_port+100+i-1 (the contract of `kvstore cluster up`)."""
     if not MIN_NODES <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be between {MIN_NODES} and {MAX_NODES}, not {nodes}")
-    if not 0 < base_port or base_port + nodes - 1 > 65535:
-        raise LayoutError(f"--base-port {base_port} leaves no room for {nodes} ports")
-    specs = tuple(NodeSpec(f"n{i}", host, base_port + i - 1) for i in range(1, nodes + 1))
+    if not 0 < base_port or base_port + PEER_PORT_OFFSET + nodes - 1 > 65535:
+        raise LayoutError(f"--base-port {base_port} leaves no room for {nodes} nodes' client "
+                          f"and peer ports (up to base-port+{PEER_PORT_OFFSET + nodes - 1})")
+    specs = tuple(
+        NodeSpec(f"n{i}", host, base_port + i - 1, base_port + PEER_PORT_OFFSET + i - 1)
+        for i in range(1, nodes + 1)
+    )
     return Layout(name=f"local-{nodes}", nodes=specs)
 
 
@@ -106,15 +126,20 @@ def layout_from_json(data: Any, source: str = "definition") -> Layout:
             raise LayoutError(f"{source}: nodes[{i}] has a bad id {node_id!r}")
         if not isinstance(host, str) or not host:
             raise LayoutError(f"{source}: node {node_id} has a bad host {host!r}")
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise LayoutError(f"{source}: node {node_id} has a bad port {port!r}")
-        specs.append(NodeSpec(node_id, host, port))
+        peer_port = item.get("peer_port", port + PEER_PORT_OFFSET)
+        if not isinstance(peer_port, int) or isinstance(peer_port, bool) \
+                or not 0 < peer_port < 65536:
+            raise LayoutError(f"{source}: node {node_id} has a bad peer_port {peer_port!r}")
+        specs.append(NodeSpec(node_id, host, port, peer_port))
     if not specs:
         raise LayoutError(f"{source}: no nodes")
     if len({s.id for s in specs}) != len(specs):
         raise LayoutError(f"{source}: duplicate node ids")
-    if len({s.address for s in specs}) != len(specs):
-        raise LayoutError(f"{source}: duplicate node addresses")
+    if len({a for s in specs for a in (s.address, s.peer_address)}) != 2 * len(specs):
+        raise LayoutError(f"{source}: duplicate node addresses (client and peer ports "
+                          "must all differ)")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise LayoutError(f"{source}: 'settings' must be an object")

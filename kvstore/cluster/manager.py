@@ -2,10 +2,16 @@
 
 A cluster lives in one directory::
 
-    DIR/cluster.json     nodes, their pids, data dirs, log files and `serve` arguments
+    DIR/cluster.json     cluster id, client TLS files, and the nodes: their client and peer
+                         addresses, pids, data dirs, log files and `serve` arguments
     DIR/n1/              data dir of node n1 (one per node)
     DIR/n1.log           stdout+stderr of node n1 (appended to across restarts)
+    DIR/tls/             with `cluster up --tls`: CAs and certificates (see certs.py)
     DIR/.cluster.lock    flock serializing cluster commands on DIR
+
+The cluster id is made once, by the `cluster up` that creates the directory, and
+passed to every node (`--cluster-id`), which stores it in its data dir; a stopped
+cluster restarts with the id and the TLS setting recorded in cluster.json.
 
 cluster.json is rewritten atomically (temp file + rename) so that a reader never
 sees half a file, and every mutating command holds the directory lock, so two
@@ -23,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import kvstore
-from kvstore.client import KVClient, NodeStatus
+from kvstore.client import KVClient, NodeStatus, TLSConfig
 from kvstore.client._core import ClientCore
+from kvstore.cluster.certs import ClusterCerts, ensure_cluster_certs
 from kvstore.cluster.layout import Layout, LayoutError
 from kvstore.cluster.process import is_node_process, send_signal, wait_gone
 
@@ -55,10 +63,13 @@ class ClusterError(Exception):
 
 @dataclass
 class NodeRecord:
-    """One node as stored in cluster.json. ``pid`` is None while it is stopped."""
+    """One node as stored in cluster.json. ``pid`` is None while it is stopped.
+    ``address`` is the client address (all a client needs); ``peer_address`` is where
+    the other nodes (and drills, through the Admin service) reach it."""
 
     id: str
     address: str
+    peer_address: str
     pid: int | None
     data_dir: str
     log_file: str
@@ -71,6 +82,7 @@ class NodeRecord:
             return cls(
                 id=str(data["id"]),
                 address=str(data["address"]),
+                peer_address=str(data.get("peer_address", "")),
                 pid=int(pid) if pid is not None else None,
                 data_dir=str(data["data_dir"]),
                 log_file=str(data.get("log_file", "")),
@@ -82,11 +94,20 @@ class NodeRecord:
 
 @dataclass
 class ClusterState:
-    """The contents of DIR/cluster.json."""
+    """The contents of DIR/cluster.json. ``tls``: paths of the client certificate
+    ("ca", "cert", "key") every client of this cluster uses, None for plaintext."""
 
     dir: Path
     name: str
     nodes: list[NodeRecord]
+    cluster_id: str | None = None
+    tls: dict[str, str] | None = None
+
+    def client_tls(self) -> TLSConfig | None:
+        if self.tls is None:
+            return None
+        return TLSConfig(ca=self.tls.get("ca"), cert=self.tls.get("cert"),
+                         key=self.tls.get("key"))
 
     @property
     def path(self) -> Path:
@@ -100,11 +121,11 @@ class ClusterState:
         raise ClusterError(f"no node {node_id!r} in {self.path} (nodes: {known})")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "name": self.name,
-            "nodes": [asdict(record) for record in self.nodes],
-        }
+        doc: dict[str, Any] = {"version": 2, "name": self.name, "cluster_id": self.cluster_id}
+        if self.tls is not None:
+            doc["tls"] = dict(self.tls)
+        doc["nodes"] = [asdict(record) for record in self.nodes]
+        return doc
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{CLUSTER_FILE}.{os.getpid()}.tmp")
@@ -134,7 +155,15 @@ def load_state(directory: str | Path) -> ClusterState:
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise ClusterError(f"{path}: expected an object with a 'nodes' list")
     nodes = [NodeRecord.from_json(item, str(path)) for item in data["nodes"]]
-    return ClusterState(Path(directory).resolve(), str(data.get("name", "")), nodes)
+    tls = data.get("tls")
+    if tls is not None and (
+        not isinstance(tls, dict) or not all(isinstance(v, str) for v in tls.values())
+        or not set(tls) <= {"ca", "cert", "key"}
+    ):
+        raise ClusterError(f"{path}: 'tls' must be an object of paths: ca, cert, key")
+    cluster_id = data.get("cluster_id")
+    return ClusterState(Path(directory).resolve(), str(data.get("name", "")), nodes,
+                        cluster_id=str(cluster_id) if cluster_id else None, tls=tls)
 
 
 def node_running(record: NodeRecord) -> bool:
@@ -163,6 +192,17 @@ def _log_tail(path: str, lines: int = 1) -> str:
         return ""
     tail = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(tail[-lines:])
+
+
+def _tls_args(certs: ClusterCerts, node_id: str) -> list[str]:
+    """`serve` flags of one node of a `--tls` cluster: mutual TLS on both ports."""
+    node = certs.nodes[node_id]
+    return [
+        "--cert-file", node.cert, "--key-file", node.key,
+        "--trusted-ca-file", certs.ca, "--client-cert-auth",
+        "--peer-cert-file", node.peer_cert, "--peer-key-file", node.peer_key,
+        "--peer-trusted-ca-file", certs.peer_ca,
+    ]  # fmt: skip
 
 
 def _port_in_use(address: str) -> bool:
@@ -208,10 +248,13 @@ class ClusterManager:
 
     # -- commands
 
-    def up(self, layout: Layout, timeout: float = DEFAULT_UP_TIMEOUT) -> tuple[ClusterState, str]:
-        """Start every node of ``layout``; return once a leader is elected (with its id)."""
+    def up(
+        self, layout: Layout, timeout: float = DEFAULT_UP_TIMEOUT, *, tls: bool = False
+    ) -> tuple[ClusterState, str]:
+        """Start every node of ``layout`` (with ``tls``: mutual TLS on both ports, with
+        certificates made under DIR/tls); return once a leader is elected (with its id)."""
         with self._locked():
-            state = self._prepare_up(layout)
+            state = self._prepare_up(layout, tls)
             started: list[NodeRecord] = []
             try:
                 for record in state.nodes:
@@ -230,7 +273,8 @@ class ClusterManager:
         running = [r for r in state.nodes if node_running(r)]
         answers: dict[str, NodeStatus] = {}
         if running:
-            with KVClient([r.address for r in running], timeout=timeout) as client:
+            with KVClient([r.address for r in running], timeout=timeout,
+                          tls=state.client_tls()) as client:
                 answers = {s.address: s for s in client.status()}
         result: list[NodeStatus] = []
         for record in state.nodes:
@@ -288,7 +332,7 @@ class ClusterManager:
             record.pid = self._spawn(record)
             state.save()
             try:
-                self._wait_answering(record, time.monotonic() + timeout, timeout)
+                self._wait_answering(state, record, time.monotonic() + timeout, timeout)
             except BaseException:
                 self._stop_quietly(state, [record])
                 raise
@@ -296,19 +340,10 @@ class ClusterManager:
 
     # -- internals
 
-    def _prepare_up(self, layout: Layout) -> ClusterState:
+    def _prepare_up(self, layout: Layout, tls: bool) -> ClusterState:
         path = self.dir / CLUSTER_FILE
-        records = [
-            NodeRecord(
-                id=spec.id,
-                address=spec.address,
-                pid=None,
-                data_dir=str(self.dir / spec.id),
-                log_file=str(self.dir / f"{spec.id}.log"),
-                serve_args=layout.serve_args(spec.id, str(self.dir / spec.id)),
-            )
-            for spec in layout.nodes
-        ]
+        cluster_id: str | None = None
+        shape = [(s.id, s.address, s.peer_address) for s in layout.nodes]
         if path.exists():
             old = load_state(self.dir)
             alive = [f"{r.id} (pid {r.pid})" for r in old.nodes if node_running(r)]
@@ -317,20 +352,50 @@ class ClusterManager:
                     f"{self.dir} already has running nodes: {', '.join(alive)}; "
                     f"use 'kvstore cluster down --dir {self.dir}' first"
                 )
-            old_shape = [(r.id, r.address) for r in old.nodes]
-            if old_shape != [(r.id, r.address) for r in records]:
+            # A cluster.json from before peer ports existed records none: its nodes restart
+            # with the layout's (their data dirs are the same either way).
+            old_shape = [(r.id, r.address, r.peer_address or spec[2])
+                         for r, spec in zip(old.nodes, shape, strict=False)]
+            if len(old.nodes) != len(shape) or old_shape != shape:
                 raise ClusterError(
                     f"{self.dir} holds a stopped cluster with a different layout "
-                    f"({', '.join(f'{i}={a}' for i, a in old_shape)}); "
+                    f"({', '.join(f'{i}={a}' for i, a, _ in old_shape)}); "
                     "remove the directory or choose another --dir"
                 )
+            if (old.tls is not None) != tls:
+                was = "with --tls" if old.tls is not None else "without --tls"
+                raise ClusterError(
+                    f"{self.dir} holds a stopped cluster created {was}; start it the same "
+                    "way, or remove the directory"
+                )
+            cluster_id = old.cluster_id
             self._report(f"restarting the stopped cluster in {self.dir} on its existing data")
-        busy = [r.address for r in records if _port_in_use(r.address)]
+        busy = [a for _, address, peer in shape for a in (address, peer) if _port_in_use(a)]
         if busy:
             raise ClusterError(f"address already in use: {', '.join(busy)}")
-        for record in records:
-            Path(record.data_dir).mkdir(parents=True, exist_ok=True)
-        state = ClusterState(self.dir, layout.name, records)
+        # A new cluster (or one recorded before cluster ids existed; its nodes adopt it).
+        cluster_id = cluster_id or secrets.token_hex(8)
+        certs = ensure_cluster_certs(self.dir, [s.id for s in layout.nodes]) if tls else None
+        records = []
+        for spec in layout.nodes:
+            data_dir = str(self.dir / spec.id)
+            extra = ["--cluster-id", cluster_id]
+            if certs is not None:
+                extra += _tls_args(certs, spec.id)
+            records.append(NodeRecord(
+                id=spec.id,
+                address=spec.address,
+                peer_address=spec.peer_address,
+                pid=None,
+                data_dir=data_dir,
+                log_file=str(self.dir / f"{spec.id}.log"),
+                serve_args=layout.serve_args(spec.id, data_dir, extra),
+            ))  # fmt: skip
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+        client_tls = None
+        if certs is not None:
+            client_tls = {"ca": certs.ca, "cert": certs.client_cert, "key": certs.client_key}
+        state = ClusterState(self.dir, layout.name, records, cluster_id, client_tls)
         state.save()
         return state
 
@@ -368,7 +433,8 @@ class ClusterManager:
     def _wait_for_leader(self, state: ClusterState, deadline: float, timeout: float) -> str:
         """Poll Status until a leader is known to a majority; fail fast if a node dies."""
         majority = len(state.nodes) // 2 + 1
-        with KVClient([r.address for r in state.nodes], timeout=timeout) as client:
+        with KVClient([r.address for r in state.nodes], timeout=timeout,
+                      tls=state.client_tls()) as client:
             while True:
                 for record in state.nodes:
                     reason = self._exited(record)
@@ -386,8 +452,10 @@ class ClusterManager:
                     return leader
                 time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
 
-    def _wait_answering(self, record: NodeRecord, deadline: float, timeout: float) -> None:
-        with KVClient([record.address], timeout=timeout) as client:
+    def _wait_answering(
+        self, state: ClusterState, record: NodeRecord, deadline: float, timeout: float
+    ) -> None:
+        with KVClient([record.address], timeout=timeout, tls=state.client_tls()) as client:
             while True:
                 reason = self._exited(record)
                 if reason:

@@ -198,7 +198,7 @@ class Raft:
 
     def _tally(self) -> bool:
         """Act on the votes so far; True when the election was decided."""
-        result = quorum.vote_result(self.votes, len(self.voters))
+        result = quorum.vote_result(self.votes, self.voters)
         if result is None:
             return False
         if result:
@@ -359,6 +359,11 @@ class Raft:
     # -- stepping messages ---------------------------------------------------------------
 
     def step(self, m: Message) -> None:
+        if m.src not in self.peers:
+            # Only a configured voter other than ourselves may speak to us: a stranger's
+            # vote could elect us, its append could make us follow it.
+            self._log_event(f"ignored {m.type.name} from non-member {m.src!r}")
+            return
         if self.passive and m.type == MT.PRE_VOTE:
             self._adopt_pre_vote_term(m)
         if m.term > self.term:
@@ -421,7 +426,7 @@ class Raft:
     def _step_candidate(self, m: Message) -> None:
         want = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
         if m.type == want:
-            self.votes.setdefault(m.src, not m.reject)
+            self.votes.setdefault(m.src, not m.reject)  # step() let only voters through
             self._tally()
         elif m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
             # Someone won this term.
@@ -520,8 +525,21 @@ class Raft:
         if pr is None:
             return
         if m.type == MT.APP_RESP:
+            if m.index > self.log.last_index():
+                # No append of ours reaches past our own log (a leader never shortens it in
+                # its term): a broken or forged answer. Counting it would set match and next
+                # beyond the log, which no later append can be built from.
+                self._log_event(f"ignored APP_RESP from {m.src} beyond our last index "
+                                f"({m.index} > {self.log.last_index()})")
+                return
             self._on_append_answer(m, pr)
         elif m.type == MT.HEARTBEAT_RESP:
+            if m.context > self._read_round:
+                # Followers echo the round of our heartbeat; a round we never sent would
+                # confirm reads that no majority has confirmed.
+                self._log_event(f"ignored HEARTBEAT_RESP from {m.src} for read round "
+                                f"{m.context} (ours is {self._read_round})")
+                return
             self._on_heartbeat_answer(m, pr)
 
     def _on_append_answer(self, m: Message, pr: Progress) -> None:
@@ -605,7 +623,8 @@ class Raft:
                            commit=self.log.committed))
 
     def _maybe_commit(self) -> bool:
-        index = quorum.committed_index((pr.match for pr in self.prs.values()), len(self.voters))
+        index = quorum.committed_index({p: pr.match for p, pr in self.prs.items()},
+                                       self.voters)
         had = self.committed_in_term()
         if not self.log.maybe_commit(index, self.term):
             return False

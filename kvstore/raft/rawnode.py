@@ -92,6 +92,15 @@ class RawNode:
     def role(self) -> Role:
         return self.raft.role
 
+    @property
+    def term(self) -> int:
+        """The current term (cheaper than status(): the runtime checks every peer message
+        against it)."""
+        return self.raft.term
+
+    def last_index(self) -> int:
+        return self.raft.log.last_index()
+
     def status(self) -> Status:
         """A snapshot of the core's state for operators and services (never a live view)."""
         r = self.raft

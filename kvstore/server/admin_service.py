@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 
@@ -12,8 +13,10 @@ from kvstore.v1 import admin_pb2, admin_pb2_grpc
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, node_id: str, store, transport: PeerTransport,
-                 fault_injection: bool) -> None:
+                 fault_injection: bool,
+                 hash_at: Callable[[int], str | None] = lambda _index: None) -> None:
         self.node_id = node_id
+        self.hash_at = hash_at
         self.store = store
         self.transport = transport
         self.fault_injection = fault_injection
@@ -23,6 +26,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         applied, digests = await asyncio.to_thread(self.store.digest)
         return admin_pb2.DigestResponse(node_id=self.node_id, applied_index=applied,
                                         shard_digests=digests)
+
+    async def HashCheck(self, request, context):  # noqa: N802
+        digest = self.hash_at(request.index)
+        return admin_pb2.HashCheckResponse(found=digest is not None, digest=digest or "")
 
     async def SetFaults(self, request, context):  # noqa: N802
         if not self.fault_injection:

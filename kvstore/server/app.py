@@ -1,4 +1,9 @@
-"""Process entry point of one node: open storage, start gRPC, run the driver until SIGTERM."""
+"""Process entry point of one node: open storage, start gRPC, run the driver until SIGTERM.
+
+A node listens on two ports: the client port (--listen: the KV service, with the client
+TLS settings) and the peer port (--listen-peer: Raft streams, InstallSnapshot and the
+Admin service, with mutual peer TLS when configured). See README "Security".
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,19 @@ import grpc
 
 from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
+from kvstore.server.hash_checker import HashChecker
+from kvstore.server.identity import IdentityError, PeerGate, settle_cluster_id
 from kvstore.server.kv_service import KVService
 from kvstore.server.node import NodeDriver
-from kvstore.server.transport import GRPC_OPTIONS, PeerTransport, RaftPeerService
+from kvstore.server.peer_service import RaftPeerService, remove_incoming
+from kvstore.server.tls import (
+    AllowedCNInterceptor,
+    TLSSetupError,
+    client_server_credentials,
+    peer_channel_credentials,
+    peer_server_credentials,
+)
+from kvstore.server.transport import GRPC_OPTIONS, PeerTransport
 from kvstore.storage.errors import CorruptLogError, StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
 from kvstore.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2_grpc
@@ -43,7 +58,17 @@ def serve(config: NodeConfig) -> None:
 async def _serve(config: NodeConfig) -> None:
     os.makedirs(config.data_dir, exist_ok=True)
     try:
-        store = LmdbNodeStore.open(config.data_dir, shards=config.shards, vnodes=config.vnodes)
+        # TLS files first: a wrong path should not cost opening (and checking) the store.
+        client_creds = (None if config.client_tls is None
+                        else client_server_credentials(config.client_tls))
+        peer_creds = None if config.peer_tls is None else peer_server_credentials(config.peer_tls)
+        peer_channel_creds = (None if config.peer_tls is None
+                              else peer_channel_credentials(config.peer_tls))
+    except TLSSetupError as err:
+        raise StartupError(str(err)) from None
+    try:
+        store = LmdbNodeStore.open(config.data_dir, shards=config.shards, vnodes=config.vnodes,
+                                   quota_bytes=config.quota_backend_bytes)
     except CorruptLogError as err:
         raise StartupError(
             f"{err}. To rebuild this node from the leader, run `kvstore cluster resync "
@@ -51,11 +76,21 @@ async def _serve(config: NodeConfig) -> None:
             f"named {RESYNC_MARKER} in it, and start the node again)") from None
     except StorageError as err:
         raise StartupError(str(err)) from None
+    try:
+        cluster_id = settle_cluster_id(config.data_dir, config.cluster_id)
+    except IdentityError as err:
+        store.close()
+        raise StartupError(str(err)) from None
+    removed = remove_incoming(config.data_dir)
+    if removed:
+        log.info("removed %d partly received snapshot file(s)", removed)
     marker = os.path.join(config.data_dir, RESYNC_MARKER)
     resync = os.path.exists(marker)
     if resync:
         log.warning("resyncing: this node will not vote or campaign until a leader reaches it")
-    transport = PeerTransport(config.peers)
+    gate = PeerGate(config.node_id, cluster_id, frozenset(config.peers), config.client_address)
+    transport = PeerTransport(config.peers, metadata=gate.outgoing(),
+                              credentials=peer_channel_creds)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     driver = NodeDriver(
         config.node_id,
@@ -70,32 +105,50 @@ async def _serve(config: NodeConfig) -> None:
         send_snapshot=lambda peer, path, term: transport.send_snapshot(
             peer, path, config.node_id, term),
         resync_marker=marker if resync else None,
+        quota_bytes=config.quota_backend_bytes,
     )
     transport.on_drop = driver.report_unreachable
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    kv_pb2_grpc.add_KVServicer_to_server(KVService(config, driver, store), server)
+    # Two servers, so that what is served on each port is decided by construction: the
+    # client port has the KV service only; the peer port Raft and the Admin service.
+    client_server = grpc.aio.server(options=GRPC_OPTIONS)
+    kv_pb2_grpc.add_KVServicer_to_server(
+        KVService(config, driver, store, gate.client_address_of), client_server)
+    interceptors = ([] if config.peer_tls is None or config.peer_tls.allowed_cn is None
+                    else [AllowedCNInterceptor(config.peer_tls.allowed_cn)])
+    peer_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
     raft_pb2_grpc.add_RaftPeerServicer_to_server(
-        RaftPeerService(driver.deliver, transport.receiving_blocked, driver.deliver_snapshot),
-        server)
+        RaftPeerService(gate, driver.deliver, transport.receiving_blocked,
+                        driver.deliver_snapshot, snapshot_dir=config.data_dir,
+                        max_snapshot_bytes=config.max_snapshot_bytes),
+        peer_server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminService(config.node_id, store, transport, config.fault_injection), server)
+        AdminService(config.node_id, store, transport, config.fault_injection,
+                     hash_at=driver.runtime.hash_checks.get), peer_server)
     try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as err:
+        _bind(client_server, config.listen, client_creds, "--listen")
+        _bind(peer_server, config.listen_peer, peer_creds, "--listen-peer")
+    except StartupError:
         store.close()
-        raise StartupError(f"cannot listen on {config.listen}: {err}") from None
-    if port == 0:
-        store.close()
-        raise StartupError(f"cannot listen on {config.listen}")
-    await server.start()
+        raise
+    await client_server.start()
+    await peer_server.start()
     transport.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("node %s serving on %s (peers: %s, data: %s)", config.node_id, config.listen,
-             ",".join(f"{k}={v}" for k, v in config.peers.items()), config.data_dir)
+    log.info("node %s of cluster %s serving clients on %s (%s) and peers on %s (%s); "
+             "peers: %s; data: %s", config.node_id, cluster_id, config.listen,
+             _describe(config.client_tls is not None,
+                       config.client_tls is not None and config.client_tls.client_cert_auth),
+             config.listen_peer, _describe(config.peer_tls is not None, True),
+             ",".join(f"{k}={v}" for k, v in config.peers.items()) or "none", config.data_dir)
     driver_task = asyncio.create_task(driver.run(), name="raft-driver")
+    checker_task = None
+    if config.corrupt_check_interval > 0 and config.peers:
+        checker = HashChecker(config.node_id, config.peers, driver, transport.fetch_hash,
+                              config.corrupt_check_interval)
+        checker_task = asyncio.create_task(checker.run(), name="hash-checker")
     stop_task = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({driver_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     failure = None
@@ -103,14 +156,36 @@ async def _serve(config: NodeConfig) -> None:
         failure = driver_task.exception()
     # Clean shutdown: the driver finishes the Ready in hand (its loop checks the flag
     # between turns), then we stop serving and close LMDB.
+    if checker_task is not None:
+        checker_task.cancel()
     driver.stop()
     if not driver_task.done():
         await driver_task
     stop_task.cancel()
-    await server.stop(grace=0.5)
+    await asyncio.gather(client_server.stop(grace=0.5), peer_server.stop(grace=0.5))
     await transport.stop()
     store.close()
     if failure is not None:
         log.critical("stopping: %s", failure, exc_info=failure)
         raise StartupError(f"node stopped after a fatal error: {failure}")
     log.info("node %s stopped cleanly", config.node_id)
+
+
+def _bind(server: grpc.aio.Server, address: str,
+          credentials: grpc.ServerCredentials | None, flag: str) -> None:
+    """Listen on ``address`` (TLS with ``credentials``); StartupError naming ``flag``."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {address} ({flag}): {err}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {address} ({flag})")
+
+
+def _describe(tls: bool, mutual: bool) -> str:
+    if not tls:
+        return "plaintext"
+    return "mutual TLS" if mutual else "TLS"

@@ -22,6 +22,7 @@ from kvstore.state.commands import ApplyResult
 from kvstore.v1 import kv_pb2
 
 MAX_BATCH_OPS = 10_000
+MAX_CLIENT_ID_BYTES = 64  # session ids are b"s" + 8 bytes; room for older client-chosen ids
 METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession")
 OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap"}
 LEADER_ID_KEY = "kvstore-leader-id"
@@ -127,8 +128,20 @@ class KVRules:
             # A caller without a write id (any non-kvstore client) gets no session: no
             # retry de-duplication, and it cannot push real clients' sessions out.
             return b"", 0, 0
+        if len(w.client_id) > MAX_CLIENT_ID_BYTES:
+            # Session ids are b"s" + 8 bytes; the id is stored in every log entry and session
+            # record, so an unbounded one would let a caller bloat both.
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"write_id.client_id must be at most {MAX_CLIENT_ID_BYTES} "
+                               f"bytes, got {len(w.client_id)}")
         if w.seq == 0:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "write_id.seq must be >= 1")
+        if w.lowest_pending_seq > w.seq:
+            # The session forgets every result below lowest_pending_seq: a write claiming a
+            # higher one would drop its own result, and its retry would be refused as stale.
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"write_id.lowest_pending_seq ({w.lowest_pending_seq}) must "
+                               f"not exceed write_id.seq ({w.seq})")
         return w.client_id, w.seq, w.lowest_pending_seq
 
     # -- answers -------------------------------------------------------------------------

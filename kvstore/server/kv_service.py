@@ -8,7 +8,7 @@ ReadIndex point before reading the store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -25,12 +25,25 @@ DEFAULT_WAIT_SECONDS = 30.0
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, config: NodeConfig, driver: NodeDriver, store) -> None:
+    """Served on the client port only.
+
+    ``client_address_of(node_id)`` is where clients reach a node (what leader hints name):
+    this node's advertised client address, or what a peer said about itself on its
+    stream ("" until it has). Peers' --peers addresses are their peer ports, useless to
+    a client.
+    """
+
+    def __init__(self, config: NodeConfig, driver: NodeDriver, store,
+                 client_address_of: Callable[[str], str] | None = None) -> None:
         self.cfg = config
         self.driver = driver
         self.store = store
+        self.address_of = client_address_of or self._own_address_only
         self.rules = KVRules(config.node_id, config.max_key_bytes, config.max_value_bytes,
-                             config.address_of)
+                             self.address_of)
+
+    def _own_address_only(self, node_id: str) -> str:
+        return self.cfg.client_address if node_id == self.cfg.node_id else ""
 
     def _header(self, applied: int | None = None) -> kv_pb2.ResponseHeader:
         rt = self.driver.runtime
@@ -106,20 +119,20 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Status(self, request, context):  # noqa: N802
         s = self.driver.status()
         peers = [
-            kv_pb2.PeerProgress(id=p, address=self.cfg.address_of(p), match_index=pr.match,
+            kv_pb2.PeerProgress(id=p, address=self.address_of(p), match_index=pr.match,
                                 next_index=pr.next)
             for p, pr in sorted(s.progress.items())
         ]
         leader = s.leader
         return kv_pb2.StatusResponse(
             id=self.cfg.node_id,
-            address=self.cfg.listen,
+            address=self.cfg.client_address,
             role=s.role.label,
             term=s.term,
             commit_index=s.commit,
             applied_index=self.driver.applied_index,
             leader_id=leader,
-            leader_address=self.cfg.address_of(leader) if leader else "",
+            leader_address=self.address_of(leader) if leader else "",
             first_log_index=s.first_index,
             last_log_index=s.last_index,
             shards=self.cfg.shards,

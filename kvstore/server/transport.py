@@ -4,6 +4,13 @@ Raft messages are one-way and the protocol tolerates loss, so the sender never w
 the receiver: each turn's messages for a peer become one batch on a bounded queue; a task
 per peer writes batches to its stream and reconnects with backoff when the peer is down,
 dropping what it cannot deliver (Raft retransmits by its own rules).
+
+Every stream and snapshot carries this node's identity as metadata (cluster id, node id,
+client address; see identity.py) and, with peer TLS, goes over mutual TLS. A peer that
+refuses us (another cluster, or we are not among its members) is a configuration error,
+not a network blip: it is logged as a warning, and retried slowly.
+
+The receiving side is peer_service.py.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import grpc
 
 from kvstore.raft.types import Message
-from kvstore.server.wire import message_from_pb, message_to_pb
-from kvstore.v1 import raft_pb2, raft_pb2_grpc
+from kvstore.server.identity import RefusalLog
+from kvstore.server.wire import message_to_pb
+from kvstore.v1 import admin_pb2, admin_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +37,34 @@ GRPC_OPTIONS = [
 
 _QUEUE_LIMIT = 256  # batches waiting per peer before new ones are dropped
 _CONNECT_TIMEOUT = 0.5  # seconds to wait for a connection before dropping the queue
+_REFUSED_BACKOFF = 2.0  # seconds between attempts at a peer that refuses us
 SNAPSHOT_CHUNK_BYTES = 1 << 20
-MAX_SNAPSHOT_BYTES = 8 << 30
+# A peer's refusal: it is not a transient failure, so it is reported and retried slowly.
+REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED)
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """A channel to a peer: mutual TLS when the node has peer certificates."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS)
 
 
 class PeerSender:
     def __init__(self, peer_id: str, address: str,
-                 on_drop: Callable[[str], None] | None = None) -> None:
+                 on_drop: Callable[[str], None] | None = None, *,
+                 metadata: Metadata = (),
+                 credentials: grpc.ChannelCredentials | None = None,
+                 refusals: RefusalLog | None = None) -> None:
         self.peer_id = peer_id
         self.address = address
         self._on_drop = on_drop
+        self._metadata = metadata
+        self._credentials = credentials
+        self._refusals = refusals or RefusalLog()
         self.queue: asyncio.Queue[raft_pb2.MessageBatch] = asyncio.Queue(_QUEUE_LIMIT)
         self.dropped = 0
         self.blocked = False  # fault injection: drop everything to this peer
@@ -80,21 +106,29 @@ class PeerSender:
     async def _run(self) -> None:
         backoff = 0.05
         while True:
-            channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS)
+            channel = open_channel(self.address, self._credentials)
+            refused = False
             try:
                 # Open the stream only on a connected channel: a stream started while the
                 # connection is still being set up swallows the first batch it takes.
                 await asyncio.wait_for(channel.channel_ready(), timeout=_CONNECT_TIMEOUT)
                 backoff = 0.05
                 stub = raft_pb2_grpc.RaftPeerStub(channel)
-                await stub.Stream(self._batches(), wait_for_ready=True)
+                await stub.Stream(self._batches(), wait_for_ready=True, metadata=self._metadata)
             except asyncio.CancelledError:
                 await channel.close()
                 raise
             except TimeoutError:
                 log.debug("peer %s at %s not reachable", self.peer_id, self.address)
             except grpc.aio.AioRpcError as err:
-                log.debug("stream to %s ended: %s", self.peer_id, err.code())
+                refused = err.code() in REFUSALS
+                if refused:
+                    self._refusals.warn(
+                        f"refused-by:{self.peer_id}:{err.code().name}",
+                        f"peer {self.peer_id} at {self.address} refused our stream: "
+                        f"{err.code().name}: {err.details()}")
+                else:
+                    log.debug("stream to %s ended: %s", self.peer_id, err.code())
             finally:
                 await channel.close()
             # Drop what piled up while the peer was unreachable (and the batch the broken
@@ -104,14 +138,21 @@ class PeerSender:
                 self.queue.get_nowait()
                 n += 1
             self._dropped(n)
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(_REFUSED_BACKOFF if refused else backoff)
             backoff = min(backoff * 2, 0.5)
 
 
 class PeerTransport:
-    def __init__(self, peers: dict[str, str]) -> None:
-        self.senders = {pid: PeerSender(pid, addr, self._report_drop)
-                        for pid, addr in peers.items()}
+    def __init__(self, peers: dict[str, str], *, metadata: Metadata = (),
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._metadata = metadata
+        self._credentials = credentials
+        self.refusals = RefusalLog()
+        self.senders = {
+            pid: PeerSender(pid, addr, self._report_drop, metadata=metadata,
+                            credentials=credentials, refusals=self.refusals)
+            for pid, addr in peers.items()
+        }
         # Told when messages to a peer were lost, so replication to it re-probes.
         self.on_drop: Callable[[str], None] | None = None
         self.drop_from: set[str] = set()  # fault injection: ignore messages from these
@@ -143,10 +184,21 @@ class PeerTransport:
                         return
                     yield raft_pb2.SnapshotChunk(term=term, data=data, **{"from": node_id})
 
-        async with grpc.aio.insecure_channel(sender.address, options=GRPC_OPTIONS) as channel:
+        async with open_channel(sender.address, self._credentials) as channel:
             stub = raft_pb2_grpc.RaftPeerStub(channel)
             # Generous: a large state over loopback or a slow link; a stuck transfer still ends.
-            await stub.InstallSnapshot(chunks(), timeout=30.0 + size / (5 << 20))
+            await stub.InstallSnapshot(chunks(), timeout=30.0 + size / (5 << 20),
+                                       metadata=self._metadata)
+
+    async def fetch_hash(self, peer_id: str, index: int) -> str | None:
+        """`peer_id`'s hash of its state at the hash-check entry `index`, or None if it
+        has none (yet). Raises on a transport failure."""
+        sender = self.senders[peer_id]
+        async with open_channel(sender.address, self._credentials) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            reply = await stub.HashCheck(admin_pb2.HashCheckRequest(index=index), timeout=5.0,
+                                         metadata=self._metadata)
+        return reply.digest if reply.found else None
 
     def start(self) -> None:
         for s in self.senders.values():
@@ -164,43 +216,3 @@ class PeerTransport:
             sender = self.senders.get(dst)
             if sender is not None:
                 sender.enqueue(raft_pb2.MessageBatch(messages=pbs))
-
-
-class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
-    """Receives other nodes' streams and hands each message to the node's driver."""
-
-    def __init__(self, deliver: Callable[[Message], None],
-                 blocked: Callable[[str], bool] | None = None,
-                 deliver_snapshot: Callable[[str, int, bytes], None] | None = None) -> None:
-        self._deliver = deliver
-        self._blocked = blocked
-        self._deliver_snapshot = deliver_snapshot
-
-    async def InstallSnapshot(self, request_iterator, context):  # noqa: N802
-        parts: list[bytes] = []
-        size = 0
-        src, term = "", 0
-        async for chunk in request_iterator:
-            src, term = getattr(chunk, "from"), chunk.term
-            if self._blocked is not None and self._blocked(src):
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "blocked (fault injection)")
-            size += len(chunk.data)
-            if size > MAX_SNAPSHOT_BYTES:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "snapshot too large")
-            parts.append(chunk.data)
-        if self._deliver_snapshot is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "snapshots not accepted")
-        try:
-            self._deliver_snapshot(src, term, b"".join(parts))
-        except ValueError as err:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(err))
-        return raft_pb2.SnapshotAck()
-
-    async def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
-        async for batch in request_iterator:
-            for pb in batch.messages:
-                m = message_from_pb(pb)
-                if self._blocked is not None and self._blocked(m.src):
-                    continue
-                self._deliver(m)
-        return raft_pb2.StreamAck()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\"\x0f\n\rDigestRequest\"O\n\x0e\x44igestResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x15\n\rshard_digests\x18\x03 \x03(\t\"6\n\x10SetFaultsRequest\x12\x0f\n\x07\x64rop_to\x18\x01 \x03(\t\x12\x11\n\tdrop_from\x18\x02 \x03(\t\"\x13\n\x11SetFaultsResponse2\x92\x01\n\x05\x41\x64min\x12?\n\x06\x44igest\x12\x19.kvstore.v1.DigestRequest\x1a\x1a.kvstore.v1.DigestResponse\x12H\n\tSetFaults\x12\x1c.kvstore.v1.SetFaultsRequest\x1a\x1d.kvstore.v1.SetFaultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\"\x0f\n\rDigestRequest\"O\n\x0e\x44igestResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x15\n\rshard_digests\x18\x03 \x03(\t\"6\n\x10SetFaultsRequest\x12\x0f\n\x07\x64rop_to\x18\x01 \x03(\t\x12\x11\n\tdrop_from\x18\x02 \x03(\t\"\x13\n\x11SetFaultsResponse\"!\n\x10HashCheckRequest\x12\r\n\x05index\x18\x01 \x01(\x04\"2\n\x11HashCheckResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t2\xdc\x01\n\x05\x41\x64min\x12?\n\x06\x44igest\x12\x19.kvstore.v1.DigestRequest\x1a\x1a.kvstore.v1.DigestResponse\x12H\n\tHashCheck\x12\x1c.kvstore.v1.HashCheckRequest\x1a\x1d.kvstore.v1.HashCheckResponse\x12H\n\tSetFaults\x12\x1c.kvstore.v1.SetFaultsRequest\x1a\x1d.kvstore.v1.SetFaultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETFAULTSREQUEST']._serialized_end=190
   _globals['_SETFAULTSRESPONSE']._serialized_start=192
   _globals['_SETFAULTSRESPONSE']._serialized_end=211
-  _globals['_ADMIN']._serialized_start=214
-  _globals['_ADMIN']._serialized_end=360
+  _globals['_HASHCHECKREQUEST']._serialized_start=213
+  _globals['_HASHCHECKREQUEST']._serialized_end=246
+  _globals['_HASHCHECKRESPONSE']._serialized_start=248
+  _globals['_HASHCHECKRESPONSE']._serialized_end=298
+  _globals['_ADMIN']._serialized_start=301
+  _globals['_ADMIN']._serialized_end=521
 # @@protoc_insertion_point(module_scope)

@@ -31,3 +31,17 @@ class SetFaultsRequest(_message.Message):
 class SetFaultsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class HashCheckRequest(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    def __init__(self, index: _Optional[int] = ...) -> None: ...
+
+class HashCheckResponse(_message.Message):
+    __slots__ = ("found", "digest")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    digest: str
+    def __init__(self, found: _Optional[bool] = ..., digest: _Optional[str] = ...) -> None: ...

@@ -39,6 +39,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.DigestRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.DigestResponse.FromString,
                 _registered_method=True)
+        self.HashCheck = channel.unary_unary(
+                '/kvstore.v1.Admin/HashCheck',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.HashCheckRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.HashCheckResponse.FromString,
+                _registered_method=True)
         self.SetFaults = channel.unary_unary(
                 '/kvstore.v1.Admin/SetFaults',
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.SetFaultsRequest.SerializeToString,
@@ -50,6 +55,12 @@ class AdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Digest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HashCheck(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +79,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Digest,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.DigestRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.DigestResponse.SerializeToString,
+            ),
+            'HashCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.HashCheck,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.HashCheckRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.HashCheckResponse.SerializeToString,
             ),
             'SetFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFaults,
@@ -102,6 +118,33 @@ class Admin:
             '/kvstore.v1.Admin/Digest',
             kvstore_dot_v1_dot_admin__pb2.DigestRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.DigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HashCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/HashCheck',
+            kvstore_dot_v1_dot_admin__pb2.HashCheckRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.HashCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,7 +41,7 @@ def fake_node(directory: Path, node_id: str, address: str, pid: int | None) -> d
         "pid": pid,
         "data_dir": str(directory / node_id),
         "log_file": str(directory / f"{node_id}.log"),
-        "serve_args": ["--id", node_id, "--listen", address]
+        "serve_args": ["--id", node_id, "--listen", address, "--listen-peer", closed_port()]
         + ["--data-dir", str(directory / node_id)],
     }
 
@@ -156,23 +156,34 @@ def test_no_arguments_prints_help(kvstore: Run) -> None:
     assert result.returncode == 0 and "cluster" in result.stdout and result.stderr == ""
 
 
+SERVE = ["--id", "n1", "--listen", "127.0.0.1:1", "--listen-peer", "127.0.0.1:2",
+         "--data-dir", "d"]
+PEER_TLS = ["--peer-cert-file", "c", "--peer-key-file", "k", "--peer-trusted-ca-file", "ca"]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--id", "n1", "--listen", "127.0.0.1:1", "--peers", "n2", "--data-dir", "d"], "n2"),
-        (["--id", "n1", "--listen", "127.0.0.1:1", "--peers", "n2=x", "--data-dir", "d"], "x"),
-        (
-            ["--id", "n1", "--listen", "127.0.0.1:1", "--data-dir", "d"]
-            + ["--peers", "n2=127.0.0.1:2,n2=127.0.0.1:3"],
-            "twice",
-        ),
-        (
-            ["--id", "n1", "--listen", "127.0.0.1:1", "--data-dir", "d"]
-            + ["--peers", "n1=127.0.0.1:9"],
-            "--listen",
-        ),
-        (["--id", "n1", "--listen", "nowhere", "--data-dir", "d"], "--listen"),
-        (["--id", "n1", "--listen", "127.0.0.1:1", "--data-dir", "d", "--tick-ms", "0"], "tick"),
+        (SERVE + ["--peers", "n2"], "n2"),
+        (SERVE + ["--peers", "n2=x"], "x"),
+        (SERVE + ["--peers", "n2=127.0.0.1:2,n2=127.0.0.1:3"], "twice"),
+        (SERVE + ["--peers", "n1=127.0.0.1:9"], "--listen-peer"),
+        (["--id", "n1", "--listen", "nowhere", "--listen-peer", "127.0.0.1:2", "--data-dir", "d"],
+         "--listen"),
+        (["--id", "n1", "--listen", "127.0.0.1:1", "--data-dir", "d"], "--listen-peer"),
+        (["--id", "n1", "--listen", "127.0.0.1:1", "--listen-peer", "127.0.0.1:1",
+          "--data-dir", "d"], "must differ"),
+        (["--id", "n1", "--listen", "0.0.0.0:1", "--listen-peer", "127.0.0.1:2",
+          "--data-dir", "d"], "--advertise-client"),
+        (SERVE + ["--tick-ms", "0"], "tick"),
+        (SERVE + ["--cluster-id", "no spaces"], "--cluster-id"),
+        (SERVE + ["--max-snapshot-bytes", "0"], "--max-snapshot-bytes"),
+        (SERVE + ["--cert-file", "c"], "--key-file"),
+        (SERVE + ["--client-cert-auth"], "--cert-file"),
+        (SERVE + ["--cert-file", "c", "--key-file", "k", "--client-cert-auth"],
+         "--trusted-ca-file"),
+        (SERVE + PEER_TLS[:4], "--peer-trusted-ca-file"),
+        (SERVE + ["--peer-cert-allowed-cn", "x"], "peer TLS"),
     ],
 )
 def test_serve_rejects_bad_arguments(kvstore: Run, args: list[str], needle: str) -> None:
@@ -257,7 +268,8 @@ def test_cluster_status_and_down_with_dead_nodes_succeed(kvstore: Run, tmp_path:
 def test_cluster_start_of_a_node_that_cannot_start(kvstore: Run, tmp_path: Path) -> None:
     d = tmp_path / "c"
     node = fake_node(d, "n1", closed_port(), None)
-    node["serve_args"] = ["--id", "n1", "--listen", "not-an-address", "--data-dir", str(d / "n1")]
+    node["serve_args"] = ["--id", "n1", "--listen", "not-an-address", "--listen-peer",
+                          closed_port(), "--data-dir", str(d / "n1")]
     write_cluster_json(d, [node])
     result = kvstore("cluster", "start", "n1", "--dir", str(d), "--timeout", "20")
     assert_one_line_error(result, "n1", "exited", "n1.log")
@@ -303,3 +315,47 @@ def test_cluster_up_refuses_a_dir_with_running_nodes(kvstore: Run, tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------- TLS settings
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--cert", "c.crt"], {}, "--key"),
+        (["--cacert", "missing-ca.crt"], {}, "missing-ca.crt"),
+        ([], {"KVSTORE_CACERT": "env-ca.crt"}, "env-ca.crt"),
+    ],
+)
+def test_bad_client_tls_settings_are_one_line(
+    kvstore: Run, args: list[str], env: dict[str, str], needle: str
+) -> None:
+    result = kvstore("get", "k", "--endpoints", closed_port(), *args, env=env)
+    assert_one_line_error(result, needle)
+
+
+def test_a_file_that_is_not_pem_is_named(kvstore: Run, tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("not a certificate\n")
+    result = kvstore("get", "k", "--endpoints", closed_port(), "--cacert", "ca.crt")
+    assert_one_line_error(result, "ca.crt", "PEM")
+
+
+def test_serve_with_a_missing_certificate_fails_before_starting(
+    kvstore: Run, tmp_path: Path
+) -> None:
+    result = kvstore(
+        "serve", "--id", "n1", "--listen", closed_port(), "--listen-peer", closed_port(),
+        "--data-dir", str(tmp_path / "n1"), "--cluster-id", "c1",
+        "--cert-file", "nope.crt", "--key-file", "nope.key",
+    )  # fmt: skip
+    assert_one_line_error(result, "--key-file", "nope.key")
+    assert not (tmp_path / "n1" / "CLUSTER_ID").exists()
+
+
+def test_serve_without_a_cluster_id_on_a_new_data_dir_refuses(
+    kvstore: Run, tmp_path: Path
+) -> None:
+    result = kvstore("serve", "--id", "n1", "--listen", closed_port(), "--listen-peer",
+                     closed_port(), "--data-dir", str(tmp_path / "n1"))
+    assert_one_line_error(result, "--cluster-id")

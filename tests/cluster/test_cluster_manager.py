@@ -43,31 +43,58 @@ def test_every_definition_file_parses() -> None:
     for path in files:
         layout = load_layout(path)
         assert len(layout.nodes) >= 3
+        # Every file states its peer ports, by the same rule as `cluster up`.
+        raw = json.loads(path.read_text())
+        assert all(n["peer_port"] == n["port"] + 100 for n in raw["nodes"]), path
+
+
+def test_definition_files_do_not_share_ports() -> None:
+    """Each definition can run next to the others (the slow one used to sit on 7101)."""
+    slow = load_layout(REPO / "cluster" / "local-3-slow.json")
+    five = load_layout(REPO / "cluster" / "local-5.json")
+    ports = {n.port for n in five.nodes} | {n.peer_port for n in five.nodes}
+    assert not ports & ({n.port for n in slow.nodes} | {n.peer_port for n in slow.nodes})
 
 
 def test_default_layout_follows_the_contract() -> None:
+    """Clients at base+i-1, peers at base+100+i-1; --peers names peer addresses."""
     layout = default_layout(4, base_port=9000)
-    assert [(n.id, n.address) for n in layout.nodes] == [
-        ("n1", "127.0.0.1:9000"),
-        ("n2", "127.0.0.1:9001"),
-        ("n3", "127.0.0.1:9002"),
-        ("n4", "127.0.0.1:9003"),
+    assert [(n.id, n.address, n.peer_address) for n in layout.nodes] == [
+        ("n1", "127.0.0.1:9000", "127.0.0.1:9100"),
+        ("n2", "127.0.0.1:9001", "127.0.0.1:9101"),
+        ("n3", "127.0.0.1:9002", "127.0.0.1:9102"),
+        ("n4", "127.0.0.1:9003", "127.0.0.1:9103"),
     ]
-    args = layout.serve_args("n2", "/d/n2")
+    args = layout.serve_args("n2", "/d/n2", ["--cluster-id", "c1"])
     assert args == [
         "--id",
         "n2",
         "--listen",
         "127.0.0.1:9001",
+        "--listen-peer",
+        "127.0.0.1:9101",
         "--peers",
-        "n1=127.0.0.1:9000,n3=127.0.0.1:9002,n4=127.0.0.1:9003",
+        "n1=127.0.0.1:9100,n3=127.0.0.1:9102,n4=127.0.0.1:9103",
         "--data-dir",
         "/d/n2",
+        "--cluster-id",
+        "c1",
     ]
     with pytest.raises(LayoutError):
         default_layout(2)
     with pytest.raises(LayoutError):
         default_layout(3, base_port=65534)
+    with pytest.raises(LayoutError, match="peer"):
+        default_layout(3, base_port=65450)  # the client ports fit, the peer ports do not
+
+
+def test_definition_peer_ports_default_to_port_plus_100_or_are_given() -> None:
+    layout = layout_from_json({"nodes": [{"id": "a", "port": 10}, {"id": "b", "port": 11,
+                                                                    "peer_port": 500}]})
+    assert [n.peer_address for n in layout.nodes] == ["127.0.0.1:110", "127.0.0.1:500"]
+    with pytest.raises(LayoutError, match="duplicate"):  # b's peer port is a's client port
+        layout_from_json({"nodes": [{"id": "a", "port": 10}, {"id": "b", "port": 11,
+                                                               "peer_port": 10}]})
 
 
 def test_settings_become_serve_options() -> None:
@@ -87,6 +114,8 @@ def test_settings_become_serve_options() -> None:
         {"nodes": [{"id": "a", "port": 1}, {"id": "a", "port": 2}]},
         {"nodes": [{"id": "a", "port": 1}, {"id": "b", "port": 1}]},
         {"nodes": [{"id": "a", "port": 1}], "settings": {"tick_ms": -1}},
+        {"nodes": [{"id": "a", "port": 1, "peer_port": 0}]},
+        {"nodes": [{"id": "a", "port": 1, "peer_port": "2"}]},
     ],
 )
 def test_bad_definitions_are_rejected(data: dict[str, object]) -> None:
@@ -95,19 +124,42 @@ def test_bad_definitions_are_rejected(data: dict[str, object]) -> None:
 
 
 def test_cluster_json_round_trip(tmp_path: Path) -> None:
-    record = NodeRecord("n1", "127.0.0.1:7001", 42, str(tmp_path / "n1"), "l", ["--id", "n1"])
-    ClusterState(tmp_path, "local-1", [record]).save()
+    record = NodeRecord("n1", "127.0.0.1:7001", "127.0.0.1:7101", 42, str(tmp_path / "n1"), "l",
+                        ["--id", "n1"])
+    tls = {"ca": "/t/ca.crt", "cert": "/t/client.crt", "key": "/t/client.key"}
+    ClusterState(tmp_path, "local-1", [record], "c0ffee", tls).save()
     data = json.loads((tmp_path / "cluster.json").read_text())
+    assert data["cluster_id"] == "c0ffee"
+    assert data["tls"] == tls
     assert data["nodes"][0] == {
         "id": "n1",
         "address": "127.0.0.1:7001",
+        "peer_address": "127.0.0.1:7101",
         "pid": 42,
         "data_dir": str(tmp_path / "n1"),
         "log_file": "l",
         "serve_args": ["--id", "n1"],
     }
-    assert load_state(tmp_path).nodes == [record]
+    state = load_state(tmp_path)
+    assert state.nodes == [record]
+    assert (state.cluster_id, state.tls) == ("c0ffee", tls)
+    client_tls = state.client_tls()
+    assert client_tls is not None and (client_tls.ca, client_tls.cert) == ("/t/ca.crt",
+                                                                           "/t/client.crt")
     assert [p.name for p in tmp_path.iterdir()] == ["cluster.json"]  # no temp file left
+
+
+def test_a_plaintext_cluster_json_has_no_tls(tmp_path: Path) -> None:
+    record = NodeRecord("n1", "127.0.0.1:7001", "127.0.0.1:7101", None, "d", "l")
+    ClusterState(tmp_path, "local-1", [record], "c0ffee").save()
+    assert "tls" not in json.loads((tmp_path / "cluster.json").read_text())
+    assert load_state(tmp_path).client_tls() is None
+
+
+def test_malformed_tls_in_cluster_json_is_a_cluster_error(tmp_path: Path) -> None:
+    (tmp_path / "cluster.json").write_text(json.dumps({"nodes": [], "tls": {"ca": 1}}))
+    with pytest.raises(ClusterError, match="tls"):
+        load_state(tmp_path)
 
 
 def test_missing_cluster_json_is_a_cluster_error(tmp_path: Path) -> None:
@@ -173,3 +225,44 @@ def test_leader_needs_a_majority_in_its_term() -> None:
     )
     stale = [_status("n1", "leader", 1, "n1"), _status("n2", "follower", 2, "n1")]
     assert _agreed_leader(stale, 2) is None
+
+
+def _free_base(count: int) -> int:
+    import socket
+
+    for base in range(23000 + os.getpid() % 500 * 7, 31000, 11):
+        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
+        socks = []
+        try:
+            for port in ports:
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+def test_a_cluster_json_from_before_peer_ports_restarts_with_them(tmp_path: Path) -> None:
+    """An old stopped cluster (no peer_address, no cluster_id) is resumed by `cluster up`:
+    it gets the layout's peer ports and a cluster id its nodes adopt; no process starts."""
+    from kvstore.cluster.manager import ClusterManager
+
+    base = _free_base(3)
+    old = [{"id": f"n{i + 1}", "address": f"127.0.0.1:{base + i}", "pid": None,
+            "data_dir": str(tmp_path / f"n{i + 1}"), "log_file": "", "serve_args": []}
+           for i in range(3)]
+    (tmp_path / "cluster.json").write_text(json.dumps({"version": 1, "nodes": old}))
+    state = ClusterManager(tmp_path)._prepare_up(default_layout(3, base), tls=False)
+    assert [r.peer_address for r in state.nodes] == [f"127.0.0.1:{base + 100 + i}"
+                                                     for i in range(3)]
+    assert state.cluster_id and "--cluster-id" in state.nodes[0].serve_args
+    assert load_state(tmp_path).cluster_id == state.cluster_id
+    with pytest.raises(ClusterError, match="without --tls"):
+        ClusterManager(tmp_path)._prepare_up(default_layout(3, base), tls=True)
+    with pytest.raises(ClusterError, match="different layout"):
+        ClusterManager(tmp_path)._prepare_up(default_layout(4, base), tls=False)

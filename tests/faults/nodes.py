@@ -80,7 +80,10 @@ class DrillCluster:
             definition.write_text(json.dumps({
                 "name": f"drill-{self.size}",
                 "host": "127.0.0.1",
-                "nodes": [{"id": f"n{i + 1}", "port": base + i} for i in range(self.size)],
+                "nodes": [
+                    {"id": f"n{i + 1}", "port": base + i, "peer_port": base + 100 + i}
+                    for i in range(self.size)
+                ],
                 "settings": self.settings,
             }, indent=2) + "\n")  # fmt: skip
             self.cluster = Cluster(directory, base, self.size, directory)
@@ -214,7 +217,9 @@ class DrillCluster:
         with self._channel_lock:
             channel = self._channels.get(node_id)
             if channel is None:
-                channel = grpc.insecure_channel(self.address(node_id), options=CHANNEL_OPTIONS)
+                # The Admin service is served on the peer port only.
+                channel = grpc.insecure_channel(self.c.peer_address(node_id),
+                                                options=CHANNEL_OPTIONS)
                 self._channels[node_id] = channel
         return admin_pb2_grpc.AdminStub(channel)
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvstore.client import KVClient
+from kvstore.client import KVClient, TLSConfig
+from kvstore.cluster.layout import PEER_PORT_OFFSET
 from kvstore.cluster.process import is_node_process, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,17 +49,20 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.Complete
 
 
 def free_port_range(count: int, attempts: int = 100) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1.
+    """A base port such that base..base+count-1 (client ports) and the peer ports
+    base+100..base+100+count-1 are all free on 127.0.0.1.
 
     Chosen below Linux's ephemeral range (32768+) so that outgoing connections of
     other processes are unlikely to grab them between this check and `cluster up`.
     """
     rng = random.Random()
     for _ in range(attempts):
-        base = rng.randrange(20000, 32000 - count)
+        base = rng.randrange(20000, 32000 - PEER_PORT_OFFSET - count)
         socks: list[socket.socket] = []
+        ports = [*range(base, base + count),
+                 *range(base + PEER_PORT_OFFSET, base + PEER_PORT_OFFSET + count)]
         try:
-            for port in range(base, base + count):
+            for port in ports:
                 sock = socket.socket()
                 socks.append(sock)
                 sock.bind(("127.0.0.1", port))
@@ -118,7 +122,13 @@ class Cluster:
 
     @property
     def endpoints(self) -> list[str]:
+        """Client addresses (what clients and the CLI use)."""
         return [f"127.0.0.1:{self.base_port + i}" for i in range(self.size)]
+
+    @property
+    def peer_endpoints(self) -> list[str]:
+        """Peer addresses (Raft, snapshots, the Admin service)."""
+        return [f"127.0.0.1:{self.base_port + PEER_PORT_OFFSET + i}" for i in range(self.size)]
 
     @property
     def ids(self) -> list[str]:
@@ -126,6 +136,14 @@ class Cluster:
 
     def address(self, node_id: str) -> str:
         return self.endpoints[self.ids.index(node_id)]
+
+    def peer_address(self, node_id: str) -> str:
+        return self.peer_endpoints[self.ids.index(node_id)]
+
+    def tls(self) -> TLSConfig | None:
+        """The client certificate cluster.json records (a `cluster up --tls` cluster)."""
+        tls = self.state().get("tls")
+        return None if tls is None else TLSConfig(tls["ca"], tls["cert"], tls["key"])
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a `kvstore` command; cluster commands get --dir, data commands too."""
@@ -139,6 +157,7 @@ class Cluster:
 
     def client(self, **kw: Any) -> KVClient:
         kw.setdefault("timeout", 10.0)
+        kw.setdefault("tls", self.tls())
         return KVClient(self.endpoints, **kw)
 
     def state(self) -> dict[str, Any]:
@@ -157,7 +176,7 @@ class Cluster:
         """Wait until the reachable nodes agree on one leader (other than ``exclude``)."""
 
         def agreed() -> str | None:
-            with KVClient(self.endpoints, timeout=2.0) as client:
+            with KVClient(self.endpoints, timeout=2.0, tls=self.tls()) as client:
                 nodes = [n for n in client.status() if n.reachable]
             leaders = {n.id for n in nodes if n.role == "leader"}
             if len(leaders) != 1:
@@ -188,3 +207,46 @@ class Cluster:
             text = log.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"==== {log.name} ====\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def start_local_cluster(
+    directory: Path, cwd: Path, nodes: int = 3, settings: dict[str, object] | None = None,
+    tls: bool = False,
+) -> Cluster:
+    """`kvstore cluster up` in ``directory`` on free ports (retrying if another process
+    takes a port meanwhile); raises AssertionError with the node logs if it fails. The
+    caller stops it with ``stop_local_cluster`` (also after a failure: a failed `up`
+    may have left its cluster.json)."""
+    last = ""
+    cluster: Cluster | None = None
+    for attempt in range(3):  # another process may take a port between choosing and binding
+        base = free_port_range(nodes)
+        cluster = Cluster(directory, base, nodes, cwd)
+        if settings:
+            definition = cwd / f"{directory.name}-{attempt}.json"
+            definition.write_text(json.dumps({
+                "name": "test", "host": "127.0.0.1", "settings": settings,
+                "nodes": [{"id": f"n{i + 1}", "port": base + i} for i in range(nodes)],
+            }))
+            layout_args = ["--config", str(definition)]
+        else:
+            layout_args = ["--nodes", str(nodes), "--base-port", str(base)]
+        result = run_cli(
+            "cluster", "up", *layout_args, *(["--tls"] if tls else []), "--dir", str(directory),
+            cwd=cwd, timeout=60,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return cluster
+        last = result.stderr
+        if "in use" not in last:
+            break
+    assert cluster is not None
+    raise AssertionError(f"kvstore cluster up failed: {last}\n{cluster.log_tails()}")
+
+
+def stop_local_cluster(cluster: Cluster) -> list[int]:
+    """`kvstore cluster down`, then SIGKILL anything left; returns the PIDs that survived."""
+    if (cluster.dir / "cluster.json").exists():
+        run_cli("cluster", "down", "--grace", "5", "--dir", str(cluster.dir), cwd=cluster.cwd)
+    cluster.kill_leftovers()
+    return node_pids(cluster.dir)

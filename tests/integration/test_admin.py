@@ -24,7 +24,7 @@ def test_replicas_converge_to_equal_digests(cluster: Cluster) -> None:
         client.delete("key-7")
 
     def converged() -> list[admin_pb2.DigestResponse] | None:
-        ds = [_digest(cluster.address(n)) for n in cluster.ids]
+        ds = [_digest(cluster.peer_address(n)) for n in cluster.ids]
         same = len({(d.applied_index, tuple(d.shard_digests)) for d in ds}) == 1
         return ds if same else None
 
@@ -35,7 +35,7 @@ def test_replicas_converge_to_equal_digests(cluster: Cluster) -> None:
 
 def test_fault_injection_is_refused_without_the_test_flag(cluster: Cluster) -> None:
     node = cluster.ids[0]
-    with grpc.insecure_channel(cluster.address(node)) as channel:
+    with grpc.insecure_channel(cluster.peer_address(node)) as channel:
         with pytest.raises(grpc.RpcError) as err:
             admin_pb2_grpc.AdminStub(channel).SetFaults(
                 admin_pb2.SetFaultsRequest(drop_to=[cluster.ids[1]]), timeout=5)

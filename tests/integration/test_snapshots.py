@@ -4,6 +4,7 @@ compacted log, and one whose data dir was wiped, both catch up from a snapshot."
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ def _digest(address: str) -> tuple[int, tuple[str, ...]]:
 
 def _converged(cluster) -> bool:
     try:
-        return len({_digest(cluster.address(n)) for n in cluster.ids}) == 1
+        return len({_digest(cluster.peer_address(n)) for n in cluster.ids}) == 1
     except grpc.RpcError:
         return False
 
@@ -84,3 +85,32 @@ def test_log_stays_bounded_under_sustained_writes(start_cluster: StartCluster) -
 
         st = wait_until(applied, 10, f"{node} applied")
         assert st.last_log_index - st.snapshot_index <= SETTINGS["snapshot_entries"] + 5
+
+
+def test_a_snapshot_over_the_receivers_limit_is_refused(start_cluster: StartCluster) -> None:
+    """Every node runs with --max-snapshot-bytes 4096; the state grows past it while a
+    follower is down, so the snapshot it needs is refused mid-stream (and the partial
+    file removed), and the cluster keeps serving without it."""
+    cluster = start_cluster(3, settings={**SETTINGS, "max_snapshot_bytes": 4096})
+    leader = cluster.leader()
+    follower = next(n for n in cluster.ids if n != leader)
+    cluster.ok("cluster", "stop", follower)
+    with cluster.client() as client:
+        for i in range(200):
+            client.put(f"key-{i % 60}", "v" * 200)  # 60 keys of 200 bytes: about 14 KB
+    assert _status(cluster.address(leader)).snapshot_index > 100
+    cluster.ok("cluster", "start", follower)
+    follower_log = cluster.dir / f"{follower}.log"
+    wait_until(lambda: "larger than --max-snapshot-bytes 4096" in follower_log.read_text(), 30,
+               f"{follower} to refuse the snapshot")
+    wait_until(lambda: f"snapshot to {follower} failed" in
+               (cluster.dir / f"{leader}.log").read_text(), 30, f"{leader} to see the refusal")
+    with cluster.client() as client:
+        client.put("after", "limit")
+        assert client.get("after") == b"limit"
+    assert _stale(cluster.address(follower), "key-1") is None
+    assert "installed snapshot" not in follower_log.read_text()
+    data_dir = next(n["data_dir"] for n in cluster.state()["nodes"] if n["id"] == follower)
+    wait_until(lambda: not any(p.name.startswith("incoming-snapshot-")
+                               for p in Path(data_dir).iterdir()),
+               10, "no partial snapshot file left")

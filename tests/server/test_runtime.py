@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kvstore.raft.errors import NotLeader
-from kvstore.raft.types import Message, MessageType, Role
+from kvstore.raft.types import Entry, Message, MessageType, Role
+from kvstore.server import peer_checks
 from kvstore.server.runtime import (
     AlarmRefused,
     LeadershipLost,
@@ -132,13 +133,24 @@ def test_forged_snap_message_is_refused_and_the_node_keeps_serving() -> None:
     assert box.result is not None and rt.status().term < 99
 
 
+def following(leader: str = "n1", term: int = 1, node_id: str = "n2",
+              store: MemoryNodeStore | None = None, resyncing: bool = False) -> NodeRuntime:
+    """A follower in a 3-node cluster that has heard `leader`'s heartbeat at `term`: the
+    only state in which it accepts a snapshot (a leader probes before it sends one)."""
+    rt = NodeRuntime(node_id, ["n1", "n2", "n3"], store or MemoryNodeStore(shards=4, vnodes=16),
+                     random.Random(1), resyncing=resyncing)
+    assert rt.deliver(Message(MessageType.HEARTBEAT, leader, node_id, term))
+    run_turns(rt)
+    assert rt.status().leader == leader and rt.term == term
+    return rt
+
+
 def test_damaged_snapshot_is_refused() -> None:
-    rt = NodeRuntime("n2", ["n1", "n2", "n3"], MemoryNodeStore(shards=4, vnodes=16),
-                     random.Random(1))
+    rt = following("n1", 5)
     leader = single_leader()
     _, data = leader.store.export_snapshot()
     bad = data[:-1] + bytes([data[-1] ^ 1])
-    with pytest.raises(ValueError, match="rejected"):
+    with pytest.raises(ValueError, match="rejected: .*checksum"):
         rt.deliver_snapshot("n1", 5, bad)
     assert not rt.has_inputs()
 
@@ -150,7 +162,7 @@ def test_snapshot_data_travels_with_the_plan_and_is_installed() -> None:
     run_turns(leader)
     meta, data = leader.store.export_snapshot()
     follower_store = MemoryNodeStore(shards=4, vnodes=16)
-    rt = NodeRuntime("n2", ["n1", "n2", "n3"], follower_store, random.Random(2))
+    rt = following("n1", 1, store=follower_store)
     rt.deliver_snapshot("n1", 1, data)
     sent: list[Message] = []
     run_turns(rt, sent)
@@ -264,3 +276,191 @@ def test_a_leader_past_its_quota_raises_nospace_through_the_log() -> None:
     run_turns(rt)
     run_turns(rt)
     assert len(rt.store.alarms()) == 1
+
+
+# -- nothing on the wire is trusted --------------------------------------------------------
+
+
+def _logged_runtime(node_id: str = "n1", **kwargs: Any) -> tuple[NodeRuntime, list[str]]:
+    lines: list[str] = []
+    rt = NodeRuntime(node_id, ["n1", "n2", "n3"], MemoryNodeStore(shards=4, vnodes=16),
+                     random.Random(3), election_ticks=2, log=lines.append, **kwargs)
+    return rt, lines
+
+
+def test_a_vote_from_a_non_member_is_refused_and_logged() -> None:
+    """A 3-node candidate used to become leader after one VOTE_RESP from "intruder"."""
+    rt, lines = _logged_runtime(raft_options={"pre_vote": False})
+    sent: list[Message] = []
+    for _ in range(10):
+        rt.tick()
+        run_turns(rt, sent)
+        if rt.role == Role.CANDIDATE:
+            break
+    term = rt.term
+    for stranger in ("intruder", "n1", ""):  # nor may anyone speak for us
+        assert rt.deliver(Message(MessageType.VOTE_RESP, stranger, "n1", term)) is False
+    run_turns(rt, sent)
+    assert rt.role == Role.CANDIDATE
+    assert any("refused VOTE_RESP from 'intruder'" in line and "not a configured voter" in line
+               for line in lines)
+    assert rt.deliver(Message(MessageType.VOTE_RESP, "n2", "n1", term))
+    run_turns(rt, sent)
+    assert rt.role == Role.LEADER
+
+
+def test_a_heartbeat_with_an_absurd_term_is_refused_and_elections_still_work() -> None:
+    """Term 2**64-1 used to be adopted; the next campaign's term no longer fit the u64 of
+    the hard-state format and the node failed on every election."""
+    rt, lines = _logged_runtime("n2")
+    assert rt.deliver(Message(MessageType.HEARTBEAT, "n1", "n2", 3))
+    run_turns(rt)
+    for term in (2**64 - 1, 2**62, peer_checks.MAX_TERM + 1, 3 + peer_checks.TERM_WINDOW + 1):
+        assert rt.deliver(Message(MessageType.HEARTBEAT, "n1", "n2", term)) is False
+    assert rt.deliver(Message(MessageType.VOTE, "n3", "n2", 2**64 - 1, log_term=1)) is False
+    run_turns(rt)
+    assert rt.term == 3 and rt.store.initial_state().term == 3
+    assert sum("beyond the accepted bound" in line for line in lines) == 5
+    # Within the window is accepted (and the node keeps campaigning normally after it).
+    assert rt.deliver(Message(MessageType.HEARTBEAT, "n1", "n2", 3 + peer_checks.TERM_WINDOW))
+    run_turns(rt)
+    assert rt.term == 3 + peer_checks.TERM_WINDOW
+    sent: list[Message] = []
+    for _ in range(10):
+        rt.tick()
+        run_turns(rt, sent)
+    assert [m for m in sent if m.type == MessageType.PRE_VOTE]
+
+
+def test_a_node_with_no_term_yet_accepts_any_term_up_to_the_bound() -> None:
+    """A new or wiped data dir has no term to measure a window from."""
+    rt, _ = _logged_runtime("n2", resyncing=True)
+    assert rt.deliver(Message(MessageType.HEARTBEAT, "n1", "n2", peer_checks.MAX_TERM + 1)) \
+        is False
+    assert rt.deliver(Message(MessageType.HEARTBEAT, "n1", "n2", 5_000_000))
+    run_turns(rt)
+    assert rt.term == 5_000_000 and rt.status().leader == "n1"
+
+
+def test_an_ack_beyond_the_leaders_log_is_refused() -> None:
+    """The core asserted on it (`no term for ... below the last index`)."""
+    rt, lines = _logged_runtime(raft_options={"pre_vote": False})
+    _leader_of_three(rt)
+    term, last = rt.term, rt.status().last_index
+    for index in (last + 1, 2**62, 2**64 - 1):
+        assert rt.deliver(Message(MessageType.APP_RESP, "n2", "n1", term, index=index)) is False
+    assert any("beyond our last index" in line for line in lines)
+    assert rt.deliver(Message(MessageType.APP_RESP, "n2", "n1", term, index=last))
+    box = Box()
+    rt.propose(put(b"k", b"v"), box)
+    run_turns(rt)
+    rt.deliver(Message(MessageType.APP_RESP, "n2", "n1", term, index=rt.status().last_index))
+    run_turns(rt)
+    assert box.result is not None
+
+
+def _app(index: int, log_term: int, entries: list[tuple[int, int]], term: int = 3) -> Message:
+    return Message(MessageType.APP, "n1", "n2", term, log_term=log_term, index=index,
+                   entries=tuple(Entry(t, i) for i, t in entries))
+
+
+@pytest.mark.parametrize("msg, reason", [
+    (_app(0, 0, [(2, 1), (3, 1)]), "entry 1 has index 2, expected 1"),
+    (_app(0, 0, [(1, 1), (3, 1)]), "entry 2 has index 3, expected 2"),
+    (_app(0, 0, [(1, 2), (2, 1)]), "entry 2 has term 1, outside [2, 3]"),
+    (_app(0, 0, [(1, 4)]), "entry 1 has term 4, outside [0, 3]"),
+    (_app(1, 2, [(2, 1)]), "entry 2 has term 1, outside [2, 3]"),
+    (_app(0, 4, []), "log term 4 is ahead of the message term 3"),
+    (_app(2**62 + 1, 1, []), "index 4611686018427387905 is out of range"),
+    (Message(MessageType.HEARTBEAT, "n1", "n2", 3, commit=2**64 - 1), "commit"),
+    (Message(MessageType.HEARTBEAT, "n1", "n2", 3, context=2**63), "context"),
+    (Message(MessageType.APP_RESP, "n1", "n2", 3, reject=True, reject_hint=2**62 + 1),
+     "reject_hint"),
+    (Message(MessageType.APP_RESP, "n1", "n2", 3, hint_term=-1), "hint_term"),
+    (Message(MessageType.HEARTBEAT_RESP, "n1", "n2", 3, entries=(Entry(3, 1),)),
+     "HEARTBEAT_RESP carries entries"),
+    (Message(MessageType.HEARTBEAT, "n1", "n3", 3), "addressed to 'n3'"),
+    (Message(MessageType.SNAP, "n1", "n2", 3, log_term=3, index=1000),
+     "SNAP is not one a peer may send"),
+])
+def test_malformed_peer_messages_are_refused_with_a_reason(msg: Message, reason: str) -> None:
+    rt, lines = _logged_runtime("n2")
+    assert rt.deliver(msg) is False
+    assert not rt.has_inputs()
+    assert reason in lines[-1], lines[-1]
+
+
+def test_a_well_formed_append_is_accepted() -> None:
+    rt, _ = _logged_runtime("n2")
+    sent: list[Message] = []
+    assert rt.deliver(_app(0, 0, [(1, 1), (2, 3), (3, 3)]))
+    run_turns(rt, sent)
+    assert rt.status().last_index == 3
+    assert [m.index for m in sent if m.type == MessageType.APP_RESP] == [3]
+
+
+# -- snapshots only from the leader we follow ----------------------------------------------
+
+
+def _snapshot_data() -> bytes:
+    leader = single_leader()
+    leader.propose(put(b"k", b"v"), Box())
+    run_turns(leader)
+    return leader.store.export_snapshot()[1]
+
+
+@pytest.mark.parametrize("src, term, reason", [
+    ("n3", 4, "'n3' is not the leader we follow in term 4 (ours: 'n1')"),
+    ("n1", 5, "its term 5 is not our term 4"),
+    ("n1", 3, "its term 3 is not our term 4"),
+    ("intruder", 4, "not a configured voter"),
+    ("n2", 4, "not a configured voter other than us"),
+])
+def test_a_snapshot_not_from_the_current_leader_is_refused(src: str, term: int,
+                                                           reason: str) -> None:
+    rt = following("n1", 4)
+    with pytest.raises(ValueError, match=f"snapshot from {src} rejected: ") as info:
+        rt.deliver_snapshot(src, term, _snapshot_data())
+    assert reason in str(info.value)
+    assert not rt.has_inputs()
+    assert rt.store.get(b"k")[0] is False
+
+
+def test_a_snapshot_before_any_leader_reached_us_is_refused() -> None:
+    for resyncing in (False, True):
+        rt = NodeRuntime("n2", ["n1", "n2", "n3"], MemoryNodeStore(shards=4, vnodes=16),
+                         random.Random(1), resyncing=resyncing)
+        with pytest.raises(ValueError, match="not our term 0"):
+            rt.deliver_snapshot("n1", 1, _snapshot_data())
+        with pytest.raises(ValueError, match="not the leader we follow in term 0"):
+            rt.deliver_snapshot("n1", 0, _snapshot_data())
+        assert not rt.has_inputs()
+
+
+def test_a_snapshot_whose_last_term_is_ahead_of_its_leaders_term_is_refused() -> None:
+    leader = single_leader()
+    # Restarted on its store, it is elected again: its applied entries are of term 2.
+    again = NodeRuntime("n1", ["n1"], leader.store, random.Random(2), election_ticks=2)
+    for _ in range(10):
+        again.tick()
+        run_turns(again)
+    assert again.role == Role.LEADER and again.term == 2
+    data = again.store.export_snapshot()[1]
+    following("n1", 2).deliver_snapshot("n1", 2, data)  # fine
+    # A leader of term 1 cannot have written it.
+    with pytest.raises(ValueError, match="last term 2 is ahead of the leader's term 1"):
+        following("n1", 1).deliver_snapshot("n1", 1, data)
+
+
+def test_a_resyncing_node_takes_a_snapshot_from_the_leader_that_reached_it() -> None:
+    store = MemoryNodeStore(shards=4, vnodes=16)
+    rt = following("n1", 7, store=store, resyncing=True)
+    assert rt.status().passive is False and rt.status().rebuilding
+    data = _snapshot_data()
+    with pytest.raises(ValueError, match="not the leader"):
+        rt.deliver_snapshot("n3", 7, data)
+    rt.deliver_snapshot("n1", 7, data)
+    sent: list[Message] = []
+    run_turns(rt, sent)
+    assert store.get(b"k")[:2] == (True, b"v")
+    assert rt.resync_finished()
