@@ -22,6 +22,7 @@ from kvstore.state import alarms, commands
 
 log = logging.getLogger(__name__)
 
+FIRST_CHECK_SECONDS = 10.0
 # (peer, log index) -> that peer's hash at the index, or None if it has none (yet)
 FetchHash = Callable[[str, int], Awaitable[str | None]]
 
@@ -63,8 +64,12 @@ class HashChecker:
         self.gather_s = gather_s
 
     async def run(self) -> None:
+        # The first round soon after start (a member restarted on damaged data is caught
+        # without waiting a whole interval), then one per interval.
+        delay = min(self.interval_s, FIRST_CHECK_SECONDS)
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(delay)
+            delay = self.interval_s
             try:
                 await self.check_once()
             except Exception as err:  # noqa: BLE001 - a failed round is retried next time

@@ -30,6 +30,7 @@ from kvstore.server.runtime import (
     resolve_applied,
 )
 from kvstore.state.commands import ApplyResult
+from kvstore.storage.errors import OutOfSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class SnapshotSource(NodeStore, Protocol):
     def write_snapshot(self, path: str) -> SnapshotMeta: ...
 
 
+OUT_OF_SPACE_RETRY_SECONDS = 1.0
 SendSnapshot = Callable[[str, str, int], Awaitable[None]]  # (peer, file path, term)
 
 
@@ -81,6 +83,7 @@ class NodeDriver:
         )
         self._wake = asyncio.Event()
         self._stopping = False
+        self.out_of_space = ""  # the last out-of-space error while a write waits for space
 
     @property
     def role(self) -> Role:
@@ -171,11 +174,33 @@ class NodeDriver:
             self._snapshots_out[peer] = asyncio.create_task(self._stream_snapshot(peer, term))
         results: list[ApplyResult] = []
         if plan.needs_write:
-            # Fail-stop: an exception here (disk error) propagates and ends the node.
-            results = await asyncio.to_thread(execute_write, self.store, plan)
+            results = await self._write(plan)
         if plan.send_after:
             self._send(plan.send_after)
         return results
+
+    async def _write(self, plan: Plan) -> list[ApplyResult]:
+        """The plan's durable write. Fail-stop on a storage error (an exception propagates
+        and ends the node), except when the disk or the LMDB map is full: that write
+        changed nothing, so it is retried until space is freed while the node keeps
+        serving reads and status instead of dying and crash-looping on every restart."""
+        delay = OUT_OF_SPACE_RETRY_SECONDS
+        while True:
+            try:
+                results = await asyncio.to_thread(execute_write, self.store, plan)
+            except OutOfSpaceError as err:
+                if self._stopping:
+                    raise
+                self.out_of_space = str(err)
+                log.critical("%s; retrying in %.0f s (free disk space; reads keep working, "
+                             "writes wait)", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self.out_of_space:
+                log.warning("space is available again: writing resumed")
+                self.out_of_space = ""
+            return results
 
     # -- snapshots ----------------------------------------------------------------------
 

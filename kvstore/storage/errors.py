@@ -12,6 +12,22 @@ class StorageError(Exception):
     """The store cannot be opened, read or written safely."""
 
 
+class OutOfSpaceError(StorageError):
+    """A write failed for lack of space (disk full, or the LMDB map full) and changed
+    nothing. Not a reason to stop: the node keeps serving reads and retries the write until
+    space is freed (or, for a full map, until a restart sizes the map above the data)."""
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether an LMDB/OS error means "no space" (ENOSPC, EDQUOT, or MDB_MAP_FULL)."""
+    import errno
+
+    text = str(exc)
+    return (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or "MDB_MAP_FULL" in text or "No space left" in text or "Disk quota" in text
+            or type(exc).__name__ == "MapFullError")
+
+
 class CorruptLogError(StorageError):
     """A log record failed its checksum or the log has a hole.
 

@@ -38,7 +38,13 @@ from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
 from kvstore.storage.batch import plan_batch
-from kvstore.storage.errors import ConfigMismatchError, CorruptLogError, StorageError
+from kvstore.storage.errors import (
+    ConfigMismatchError,
+    CorruptLogError,
+    OutOfSpaceError,
+    StorageError,
+    is_out_of_space,
+)
 from kvstore.storage.snapshot_state import dump_state, open_snapshot
 
 FORMAT_VERSION = 1
@@ -352,11 +358,16 @@ class LmdbNodeStore:
             except BaseException as exc:
                 txn.abort()
                 if isinstance(exc, lmdb.Error):
+                    if is_out_of_space(exc):
+                        raise OutOfSpaceError(f"out of space writing {self.path}: {exc}") from exc
                     raise StorageError(f"write failed in {self.path}: {exc}") from exc
                 raise
             try:
                 txn.commit()  # fsync; LMDB frees the transaction whether or not it succeeds
             except lmdb.Error as exc:
+                if is_out_of_space(exc):
+                    raise OutOfSpaceError(f"out of space committing in {self.path}: {exc}"
+                                          ) from exc
                 raise StorageError(f"commit (fsync) failed in {self.path}: {exc}") from exc
             self._view = _View(
                 first_index=view.first_index,

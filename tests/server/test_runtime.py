@@ -464,3 +464,45 @@ def test_a_resyncing_node_takes_a_snapshot_from_the_leader_that_reached_it() -> 
     run_turns(rt, sent)
     assert store.get(b"k")[:2] == (True, b"v")
     assert rt.resync_finished()
+
+
+def test_a_full_disk_stalls_writes_instead_of_killing_the_node(monkeypatch) -> None:
+    """The driver retries a write that failed for lack of space (it changed nothing) and
+    carries on once space is back; the node never dies or crash-loops over it."""
+    import asyncio
+
+    from kvstore.server import node as node_module
+    from kvstore.server.node import NodeDriver
+    from kvstore.storage.errors import OutOfSpaceError
+
+    monkeypatch.setattr(node_module, "OUT_OF_SPACE_RETRY_SECONDS", 0.01)
+    store = MemoryNodeStore(shards=4, vnodes=16)
+    real = store.persist_and_apply
+    failures = [3]
+
+    def flaky(*args: Any) -> Any:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise OutOfSpaceError("out of space: No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(store, "persist_and_apply", flaky)
+
+    async def scenario() -> bytes:
+        driver = NodeDriver("n1", ["n1"], store, lambda msgs: None, random.Random(1),
+                            tick_seconds=0.001, election_ticks=2)
+        task = asyncio.create_task(driver.run())
+        try:
+            for _ in range(2000):
+                if driver.role == Role.LEADER:
+                    break
+                await asyncio.sleep(0.001)
+            result = await asyncio.wait_for(driver.propose(put(b"k", b"v")), 5)
+            assert result.ok and not task.done()
+            return store.get(b"k")[1]
+        finally:
+            driver.stop()
+            await task
+
+    assert asyncio.run(scenario()) == b"v"
+    assert failures == [0]

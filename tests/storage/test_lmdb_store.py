@@ -303,3 +303,14 @@ def test_quota_sizes_the_map_above_it_and_above_the_data(tmp_path: Path) -> None
         assert store.size_bytes() < full // 10  # freed pages do not count: alarms can clear
     with pytest.raises(ValueError):
         LmdbNodeStore.open(tmp_path / "e", quota_bytes=0)
+
+
+def test_out_of_space_errors_are_told_apart_from_other_failures() -> None:
+    import errno
+
+    from kvstore.storage.errors import is_out_of_space
+
+    assert is_out_of_space(lmdb.MapFullError("mdb_put: MDB_MAP_FULL: Environment mapsize limit"))
+    assert is_out_of_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_out_of_space(lmdb.CorruptedError("MDB_CORRUPTED"))
+    assert not is_out_of_space(OSError(errno.EIO, "Input/output error"))
