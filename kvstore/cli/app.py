@@ -25,8 +25,10 @@ import click
 from kvstore import __version__
 from kvstore.client import (
     DEFAULT_TIMEOUT,
+    CorruptCluster,
     KVClient,
     KVError,
+    NoSpace,
     TLSConfig,
     TLSConfigError,
     parse_endpoints,
@@ -54,7 +56,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _kv_error_text(error: KVError) -> str:
-    text = str(error)
+    # An alarm refusal is an operator's problem, not a transient one: say what to do.
+    if isinstance(error, NoSpace):
+        text = ("database space exceeded (NOSPACE alarm raised; free space, then "
+                f"kvstore alarm disarm): {error}")
+    elif isinstance(error, CorruptCluster):
+        text = ("corrupt cluster (CORRUPT alarm raised; rebuild the member named by "
+                f"kvstore alarm list with kvstore cluster resync, then kvstore alarm disarm): "
+                f"{error}")
+    else:
+        text = str(error)
     if error.maybe_applied:
         text += " (the write may or may not have been applied)"
     return text

@@ -22,8 +22,10 @@ from kvstore.client._core import (
 )
 from kvstore.client.aio import AsyncKVClient
 from kvstore.client.errors import (
+    CorruptCluster,
     InvalidArgument,
     KVError,
+    NoSpace,
     NotLeader,
     SessionExpired,
     StaleWrite,
@@ -36,10 +38,12 @@ from kvstore.client.tls import TLSConfig, TLSConfigError
 __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncKVClient",
+    "CorruptCluster",
     "GetResult",
     "InvalidArgument",
     "KVClient",
     "KVError",
+    "NoSpace",
     "NodeStatus",
     "NotLeader",
     "SessionExpired",

@@ -51,8 +51,10 @@ from typing import Any, Final, Generic, TypeVar
 import grpc
 
 from kvstore.client.errors import (
+    CorruptCluster,
     InvalidArgument,
     KVError,
+    NoSpace,
     NotLeader,
     SessionExpired,
     StaleWrite,
@@ -350,6 +352,9 @@ class Continue(Enum):
 
 CONTINUE: Final = Continue.CONTINUE
 REGISTER_METHOD = "RegisterSession"
+# What a node answers (RESOURCE_EXHAUSTED) to a put while the NOSPACE alarm is raised; any
+# other RESOURCE_EXHAUSTED is gRPC's "message larger than max".
+NOSPACE_DETAILS = "database space exceeded"
 REGISTRATION_WAIT = 0.005  # seconds a write waits while another call registers the session
 
 
@@ -757,6 +762,18 @@ class Call(Generic[R]):
         )
 
     def _fatal(self, endpoint: str, failure: RpcFailure) -> KVError:
+        if (failure.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                and NOSPACE_DETAILS in failure.details.lower()):
+            # Refused because the NOSPACE alarm is raised, before or instead of being
+            # applied: this attempt did nothing. (A retry of an applied earlier attempt would
+            # have got its recorded result, unless refused up front: hence _maybe_applied.)
+            return NoSpace(f"{self.op.name} refused by {endpoint}: {failure.describe()}",
+                           maybe_applied=self._maybe_applied)
+        if failure.code is grpc.StatusCode.DATA_LOSS:
+            # The CORRUPT alarm is raised: refused like NOSPACE above.
+            return CorruptCluster(
+                f"{self.op.name} refused by {endpoint}: {failure.describe()}",
+                maybe_applied=self._maybe_applied)
         if failure.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             # RESOURCE_EXHAUSTED here means "message larger than the receiver's limit".
             # Validation runs before anything is proposed, and every retry sends the same
@@ -889,6 +906,32 @@ class ClientCore:
             timeout=timeout,
         )
 
+    def alarms(self, timeout: float | None = None) -> Operation[list[tuple[str, str]]]:
+        """The raised cluster alarms as (type, member), read linearizably via the leader."""
+        return Operation(
+            name="alarm list",
+            method="Alarm",
+            build=lambda _wid: kv_pb2.AlarmRequest(action=kv_pb2.AlarmRequest.GET),
+            parse=_alarm_list,
+            timeout=timeout,
+        )
+
+    def disarm(
+        self, alarm_type: str = "", member: str = "", timeout: float | None = None
+    ) -> Operation[list[tuple[str, str]]]:
+        """Clear alarms of ``alarm_type`` ("" = every type) for ``member`` ("" = every
+        member); the result is the alarms left. Not a session write: clearing is
+        idempotent, so a retry that reaches the log twice does no harm."""
+        return Operation(
+            name="alarm disarm",
+            method="Alarm",
+            build=lambda _wid: kv_pb2.AlarmRequest(
+                action=kv_pb2.AlarmRequest.DEACTIVATE, type=alarm_type, member=member
+            ),
+            parse=_alarm_list,
+            timeout=timeout,
+        )
+
     # -- status (one unretried Status RPC per configured endpoint, in parallel)
 
     def status_timeout(self, timeout: float | None) -> float:
@@ -942,6 +985,10 @@ class ClientCore:
         )
 
 
+def _alarm_list(response: Any) -> list[tuple[str, str]]:
+    return [(a.type, a.member) for a in response.alarms]
+
+
 def _wid(write_id: WriteId | None) -> kv_pb2.WriteId:
     assert write_id is not None, "writes always get a write id"
     return write_id.to_proto()
@@ -966,6 +1013,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_TIMEOUT",
     "MUTUAL_TLS",
+    "NOSPACE_DETAILS",
     "PLAINTEXT",
     "SERVER_TLS",
     "Attempt",

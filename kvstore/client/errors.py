@@ -5,7 +5,8 @@ wrote something is whether the write *may* have been applied, so each class says
 in its docstring, and every instance carries it as ``maybe_applied``:
 
 - "definitely not applied": :class:`InvalidArgument`, and :class:`NotLeader` as
-  raised by a server before it proposed anything.
+  raised by a server before it proposed anything; :class:`NoSpace` and
+  :class:`CorruptCluster` unless an earlier attempt of the same call may have been.
 - "outcome unknown": :class:`Unavailable` and :class:`Timeout` for a write. The
   write may have been committed (e.g. the leader crashed after appending it but
   before answering). Retrying the same logical operation with a *new* call is
@@ -72,6 +73,27 @@ class InvalidArgument(KVError):
     """The request was rejected as malformed (bad key or value): definitely NOT applied.
 
     Never retried: sending the same request again cannot succeed.
+    """
+
+
+class NoSpace(KVError):
+    """A put or compare-and-swap was refused because the cluster's NOSPACE alarm is raised
+    (a member's database passed ``--quota-backend-bytes``; etcd's "database space
+    exceeded"). This attempt was NOT applied; ``maybe_applied`` is True only when an
+    earlier attempt of the same call may have been.
+
+    Never retried: writes stay refused until an operator frees space (deletes and reads
+    keep working) and disarms the alarm (:meth:`KVClient.disarm`, ``kvstore alarm disarm``).
+    """
+
+
+class CorruptCluster(KVError):
+    """A put or compare-and-swap was refused because the CORRUPT alarm is raised (members'
+    state hashes differ). This attempt was NOT applied; ``maybe_applied`` is True only when
+    an earlier attempt of the same call may have been.
+
+    Never retried: writes stay refused until an operator rebuilds the named member
+    (``kvstore cluster resync``) and disarms the alarm.
     """
 
 

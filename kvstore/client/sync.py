@@ -117,6 +117,19 @@ class KVClient:
         """Set ``key`` to ``new`` iff it holds ``expected`` (None: iff it is absent)."""
         return self._run(self._core.cas(key, expected, new, timeout))
 
+    def alarms(self, *, timeout: float | None = None) -> list[tuple[str, str]]:
+        """The raised cluster alarms as (type, member) pairs, e.g. ("NOSPACE", "n1");
+        a linearizable read through the leader."""
+        return self._run(self._core.alarms(timeout))
+
+    def disarm(
+        self, type: str = "", member: str = "", *, timeout: float | None = None  # noqa: A002
+    ) -> list[tuple[str, str]]:
+        """Clear the alarms of ``type`` ("NOSPACE", "CORRUPT"; "" = every type) raised for
+        ``member`` ("" = every member), through the log; returns the alarms left. A
+        NOSPACE alarm comes back if the database is still past its quota."""
+        return self._run(self._core.disarm(type, member, timeout))
+
     def status(self, *, timeout: float | None = None) -> list[NodeStatus]:
         """Ask every configured endpoint for its status, in parallel, without retries.
 

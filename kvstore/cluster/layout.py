@@ -33,6 +33,8 @@ SETTING_OPTIONS: dict[str, str] = {
     "max_value_bytes": "--max-value-bytes",
     "snapshot_entries": "--snapshot-entries",
     "max_snapshot_bytes": "--max-snapshot-bytes",
+    "quota_backend_bytes": "--quota-backend-bytes",
+    "corrupt_check_interval": "--corrupt-check-interval",
 }
 # Boolean settings, mapped to the `kvstore serve` flag that ``true`` turns on. Kept apart
 # from SETTING_OPTIONS because a flag takes no value (``"fault_injection": true`` is how

@@ -17,13 +17,14 @@ import grpc
 from kvstore.raft.errors import NotLeader
 from kvstore.server.runtime import AlarmRefused, LeadershipLost, SessionExpired, StaleRequest
 from kvstore.state import commands
-from kvstore.state.alarms import NOSPACE, Alarm
+from kvstore.state.alarms import MAX_MEMBER_BYTES, NOSPACE, TYPE_NAMES, Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.v1 import kv_pb2
 
 MAX_BATCH_OPS = 10_000
 MAX_CLIENT_ID_BYTES = 64  # session ids are b"s" + 8 bytes; room for older client-chosen ids
-METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession")
+METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession", "Alarm")
+ALARM_TYPES = {name: t for t, name in TYPE_NAMES.items()}
 OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap"}
 LEADER_ID_KEY = "kvstore-leader-id"
 LEADER_ADDRESS_KEY = "kvstore-leader-address"
@@ -48,6 +49,10 @@ class Operation:
     write: bytes | None = None  # the encoded command of a write
     key: bytes = b""  # a read's key
     linearizable: bool = True  # a read: wait for a ReadIndex point first
+    # Alarm: the AlarmOp entries a DEACTIVATE proposes, one per type, in order (empty for
+    # GET). Not `write`: they answer with the alarms left, not one ApplyResult, and a
+    # disarm must not be refused by the very alarm it clears.
+    disarm: tuple[bytes, ...] = ()
 
     @property
     def is_write(self) -> bool:
@@ -73,6 +78,8 @@ class KVRules:
         """Check `request` and encode what it asks for; raises RequestError."""
         if method == "RegisterSession":
             return Operation(method, commands.encode_register())
+        if method == "Alarm":
+            return self._prepare_alarm(request)
         self._check_key(request.key)
         if method == "Get":
             return Operation(method, key=request.key, linearizable=not request.stale)
@@ -90,6 +97,28 @@ class KVRules:
             return Operation(method, commands.encode_cas(cid, seq, low, request.key, expected,
                                                          request.value))
         raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+
+    @staticmethod
+    def _prepare_alarm(request: kv_pb2.AlarmRequest) -> Operation:
+        """GET: a linearizable read of the alarms. DEACTIVATE: one AlarmOp per type asked
+        for ("" = every type), each clearing that type for `member` ("" = every member);
+        idempotent, so a client may retry it freely."""
+        if request.action == kv_pb2.AlarmRequest.GET:
+            return Operation("Alarm")
+        if request.action != kv_pb2.AlarmRequest.DEACTIVATE:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"unknown alarm action {request.action}")
+        name = request.type.strip().upper()
+        if name and name not in ALARM_TYPES:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"unknown alarm type {request.type!r}; expected one of "
+                               f"{', '.join(sorted(ALARM_TYPES))}")
+        if len(request.member.encode()) > MAX_MEMBER_BYTES:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"member must be at most {MAX_MEMBER_BYTES} bytes")
+        types = [ALARM_TYPES[name]] if name else sorted(TYPE_NAMES)
+        return Operation("Alarm", disarm=tuple(
+            commands.encode_alarm(False, t, request.member) for t in types))
 
     def check_local_read(self, resyncing: bool) -> None:
         """A stale (local) read is refused while this node is being rebuilt from the
@@ -160,6 +189,11 @@ class KVRules:
         if method == "Delete":
             return kv_pb2.DeleteResponse(header=header, existed=result.ok)
         return kv_pb2.CompareAndSwapResponse(header=header, succeeded=result.ok)
+
+    @staticmethod
+    def alarm_response(raised: list[Alarm], header: kv_pb2.ResponseHeader) -> Any:
+        return kv_pb2.AlarmResponse(header=header, alarms=[
+            kv_pb2.AlarmMember(member=a.member, type=a.name) for a in raised])
 
     @staticmethod
     def read_response(found: bool, value: bytes, header: kv_pb2.ResponseHeader) -> Any:

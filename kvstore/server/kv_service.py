@@ -61,6 +61,8 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def _execute(self, method: str, request: Any, context) -> Any:
         """One operation, start to answer; raises RequestError."""
         op: Operation = self.rules.prepare(method, request)
+        if method == "Alarm":
+            return await self._alarm(op, context)
         if op.write is not None:
             self.rules.check_alarms(method, self.store.alarms())
             result = await self._wait(self.driver.propose(op.write), context)
@@ -71,6 +73,15 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.rules.check_local_read(self.driver.runtime.resyncing)
         found, value, applied = self.store.get(op.key)
         return self.rules.read_response(found, value, self._header(applied))
+
+    async def _alarm(self, op: Operation, context) -> Any:
+        """A disarm goes through the log like a write (only the leader proposes); a GET
+        waits for a ReadIndex point, so it never misses an alarm raised before it."""
+        for entry in op.disarm:
+            await self._wait(self.driver.propose(entry), context)
+        if not op.disarm:
+            await self._wait(self.driver.read_index(), context)
+        return self.rules.alarm_response(self.store.alarms(), self._header())
 
     async def _unary(self, method: str, request: Any, context) -> Any:
         try:
@@ -97,6 +108,9 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     async def RegisterSession(self, request, context):  # noqa: N802
         return await self._unary("RegisterSession", request, context)
+
+    async def Alarm(self, request, context):  # noqa: N802
+        return await self._unary("Alarm", request, context)
 
     async def Batch(self, request, context):  # noqa: N802
         try:

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -111,6 +112,38 @@ class RegisterSessionResponse(_message.Message):
     header: ResponseHeader
     client_id: bytes
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., client_id: _Optional[bytes] = ...) -> None: ...
+
+class AlarmRequest(_message.Message):
+    __slots__ = ("action", "type", "member")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        GET: _ClassVar[AlarmRequest.Action]
+        DEACTIVATE: _ClassVar[AlarmRequest.Action]
+    GET: AlarmRequest.Action
+    DEACTIVATE: AlarmRequest.Action
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    action: AlarmRequest.Action
+    type: str
+    member: str
+    def __init__(self, action: _Optional[_Union[AlarmRequest.Action, str]] = ..., type: _Optional[str] = ..., member: _Optional[str] = ...) -> None: ...
+
+class AlarmMember(_message.Message):
+    __slots__ = ("member", "type")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    type: str
+    def __init__(self, member: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class AlarmResponse(_message.Message):
+    __slots__ = ("header", "alarms")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    alarms: _containers.RepeatedCompositeFieldContainer[AlarmMember]
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., alarms: _Optional[_Iterable[_Union[AlarmMember, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -35,6 +35,11 @@ class KVStub:
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
+    RESOURCE_EXHAUSTED   "database space exceeded": the NOSPACE alarm is raised; the
+    put or compare-and-swap was not applied. (Also gRPC's own
+    "message larger than max".)
+    DATA_LOSS            "corrupt cluster": the CORRUPT alarm is raised; the put or
+    compare-and-swap was not applied.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -80,6 +85,11 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.FromString,
                 _registered_method=True)
+        self.Alarm = channel.unary_unary(
+                '/kvstore.v1.KV/Alarm',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.AlarmRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.AlarmResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -92,6 +102,11 @@ class KVServicer:
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
+    RESOURCE_EXHAUSTED   "database space exceeded": the NOSPACE alarm is raised; the
+    put or compare-and-swap was not applied. (Also gRPC's own
+    "message larger than max".)
+    DATA_LOSS            "corrupt cluster": the CORRUPT alarm is raised; the put or
+    compare-and-swap was not applied.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -138,6 +153,12 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Alarm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +197,11 @@ def add_KVServicer_to_server(servicer, server):
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.SerializeToString,
             ),
+            'Alarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Alarm,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.AlarmRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.AlarmResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kvstore.v1.KV', rpc_method_handlers)
@@ -194,6 +220,11 @@ class KV:
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
+    RESOURCE_EXHAUSTED   "database space exceeded": the NOSPACE alarm is raised; the
+    put or compare-and-swap was not applied. (Also gRPC's own
+    "message larger than max".)
+    DATA_LOSS            "corrupt cluster": the CORRUPT alarm is raised; the put or
+    compare-and-swap was not applied.
     UNAVAILABLE          no quorum or leadership lost; a write's outcome is unknown.
     DEADLINE_EXCEEDED    the call's deadline passed; a write's outcome is unknown.
     """
@@ -377,6 +408,33 @@ class KV:
             '/kvstore.v1.KV/RegisterSession',
             kvstore_dot_v1_dot_kv__pb2.RegisterSessionRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.RegisterSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Alarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Alarm',
+            kvstore_dot_v1_dot_kv__pb2.AlarmRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.AlarmResponse.FromString,
             options,
             channel_credentials,
             insecure,

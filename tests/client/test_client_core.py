@@ -9,8 +9,10 @@ import grpc
 import pytest
 
 from kvstore.client import (
+    CorruptCluster,
     InvalidArgument,
     KVError,
+    NoSpace,
     NotLeader,
     SessionExpired,
     StaleWrite,
@@ -535,6 +537,77 @@ def test_message_too_large_maps_to_invalid_argument() -> None:
     attempt(call)
     error = call.on_failure(A, RpcFailure(SC.RESOURCE_EXHAUSTED, "larger than max"), 0.0)
     assert isinstance(error, InvalidArgument)
+
+
+NOSPACE = RpcFailure(SC.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+CORRUPT = RpcFailure(SC.DATA_LOSS, "etcdserver: corrupt cluster")
+
+
+@pytest.mark.parametrize(("failure", "kind"), [(NOSPACE, NoSpace), (CORRUPT, CorruptCluster)])
+def test_alarm_refusal_is_raised_at_once_and_not_applied(
+    failure: RpcFailure, kind: type[KVError]
+) -> None:
+    """A put refused under an alarm did nothing; retrying cannot help until an operator
+    acts, so the call ends at its first such answer."""
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, failure, 0.0)
+    assert isinstance(error, kind) and not error.maybe_applied
+    assert not isinstance(error, InvalidArgument)
+    assert failure.details in str(error)
+    assert call.attempts == 1 and c.write_ids.pending == frozenset()
+
+
+@pytest.mark.parametrize(("failure", "kind"), [(NOSPACE, NoSpace), (CORRUPT, CorruptCluster)])
+def test_alarm_refusal_after_an_unsure_attempt_may_have_been_applied(
+    failure: RpcFailure, kind: type[KVError]
+) -> None:
+    """An earlier UNAVAILABLE attempt may have been committed before the alarm went up;
+    the refusal of the retry does not undo that."""
+    c = core()
+    call = c.start(c.cas("k", None, "v"), now=0.0)
+    attempt(call)
+    assert call.on_failure(A, UNAVAILABLE, 0.0) is None
+    backoff(call)
+    attempt(call)
+    error = call.on_failure(B, failure, 0.0)
+    assert isinstance(error, kind) and error.maybe_applied
+
+
+def test_other_resource_exhausted_stays_invalid_argument() -> None:
+    c = core()
+    call = c.start(c.put("k", "v"), now=0.0)
+    attempt(call)
+    error = call.on_failure(A, RpcFailure(SC.RESOURCE_EXHAUSTED,
+                                          "Received message larger than max"), 0.0)
+    assert isinstance(error, InvalidArgument) and not isinstance(error, NoSpace)
+
+
+def test_alarm_list_is_a_leader_routed_read_without_a_write_id() -> None:
+    c = core(session=None)
+    call = c.start(c.alarms(), now=0.0)
+    assert call.method == "Alarm" and call.write_id is None
+    assert call.request.action == kv_pb2.AlarmRequest.GET
+    assert attempt(call).endpoint == A
+    assert call.on_failure(A, not_leader("n2", B), 0.0) is None
+    assert attempt(call).endpoint == B
+    response = kv_pb2.AlarmResponse(alarms=[kv_pb2.AlarmMember(member="n1", type="NOSPACE"),
+                                            kv_pb2.AlarmMember(member="n3", type="CORRUPT")])
+    assert call.on_success(B, response) == [("NOSPACE", "n1"), ("CORRUPT", "n3")]
+    assert c.write_ids.client_id is None  # no session was registered for it
+
+
+def test_disarm_request_names_type_and_member_and_returns_the_alarms_left() -> None:
+    c = core()
+    call = c.start(c.disarm("NOSPACE", "n1"), now=0.0)
+    assert call.method == "Alarm" and call.write_id is None
+    req = call.request
+    assert (req.action, req.type, req.member) == (kv_pb2.AlarmRequest.DEACTIVATE, "NOSPACE", "n1")
+    attempt(call)
+    assert call.on_success(A, kv_pb2.AlarmResponse()) == []
+    everything = c.start(c.disarm(), now=0.0).request
+    assert (everything.type, everything.member) == ("", "")
 
 
 def test_unexpected_status_is_a_plain_kverror_and_not_retried() -> None:

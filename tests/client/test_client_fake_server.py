@@ -23,6 +23,7 @@ from kvstore.client import (
     AsyncKVClient,
     InvalidArgument,
     KVClient,
+    NoSpace,
     NotLeader,
     SessionExpired,
     StaleWrite,
@@ -70,6 +71,9 @@ class FakeNode(kv_pb2_grpc.KVServicer):
     sessions: set[bytes] = field(default_factory=set)
     requests: list[tuple[str, Any]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    # Raised alarms as (type, member); while NOSPACE is raised puts are refused, as the real
+    # node refuses them.
+    alarms: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Any]:
@@ -119,6 +123,9 @@ class FakeNode(kv_pb2_grpc.KVServicer):
 
     async def Put(self, request: Any, context: Any) -> kv_pb2.PutResponse:  # noqa: N802
         await self._enter("Put", request, context, True)
+        if any(t == "NOSPACE" for t, _ in self.alarms):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "etcdserver: mvcc: database space exceeded")
         self.data[request.key] = request.value
         return kv_pb2.PutResponse(header=self._header())
 
@@ -141,6 +148,15 @@ class FakeNode(kv_pb2_grpc.KVServicer):
         if ok:
             self.data[request.key] = request.value
         return kv_pb2.CompareAndSwapResponse(header=self._header(), succeeded=ok)
+
+    async def Alarm(self, request: Any, context: Any) -> kv_pb2.AlarmResponse:  # noqa: N802
+        await self._enter("Alarm", request, context, True)
+        if request.action == kv_pb2.AlarmRequest.DEACTIVATE:
+            self.alarms = [(t, m) for t, m in self.alarms
+                           if (request.type and t != request.type)
+                           or (request.member and m != request.member)]
+        return kv_pb2.AlarmResponse(header=self._header(), alarms=[
+            kv_pb2.AlarmMember(type=t, member=m) for t, m in self.alarms])
 
     async def Batch(self, request: Any, context: Any) -> kv_pb2.BatchResponse:  # noqa: N802
         """Like the real node: each op gets the outcome its unary call would have had."""
@@ -295,6 +311,23 @@ async def test_first_write_registers_a_session_with_the_leader(
     assert write_ids(leader.calls("Put")) == {(client.impl.client_id, 1, 1)}
     assert await client.call("delete", "k") is True
     assert len(leader.calls("RegisterSession")) == 1  # one session serves every write
+
+
+async def test_alarms_are_listed_and_disarmed_on_the_leader(
+    fakes: tuple[FakeNode, FakeNode], make_client: Any
+) -> None:
+    follower, leader = fakes
+    leader.alarms = [("NOSPACE", "n2"), ("CORRUPT", "n3")]
+    client = make_client([follower.address])
+    assert await client.call("alarms") == [("NOSPACE", "n2"), ("CORRUPT", "n3")]
+    with pytest.raises(NoSpace) as info:
+        await client.call("put", "k", "v")
+    assert not info.value.maybe_applied
+    assert "database space exceeded" in str(info.value)
+    assert await client.call("disarm", "NOSPACE") == [("CORRUPT", "n3")]
+    await client.call("put", "k", "v")  # no NOSPACE alarm left: puts work again
+    assert await client.call("disarm") == []
+    assert follower.calls("Alarm") and len(leader.calls("Alarm")) == 3
 
 
 async def test_write_after_eviction_registers_again_and_is_sent_once(
