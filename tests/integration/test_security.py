@@ -339,3 +339,43 @@ def test_the_client_certificate_opens_no_peer_port(secure: Cluster) -> None:
             admin_pb2_grpc.AdminStub(channel).Digest(admin_pb2.DigestRequest(), timeout=3)
     assert admin.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
+
+
+def test_forged_messages_under_a_members_id_are_dropped_and_the_node_keeps_serving(
+    plain: Cluster,
+) -> None:
+    """The audit's attacks, replayed on a real leader's peer port by someone who knows the
+    cluster id and a member's id (plaintext: nothing authenticates them): a heartbeat with
+    term 2^64-1, an acknowledgement far past the log, a SNAP with no snapshot behind it, a
+    vote from a non-member, a message of an unknown type. Each is dropped and logged, the
+    stream stays open (its answer is an ordinary ack), and the node keeps leading and
+    serving in a sane term."""
+    leader = plain.leader()
+    member = next(n for n in ("n1", "n2", "n3") if n != leader)
+    before = {n["id"]: n["term"] for n in plain.status()}
+    forged = [
+        Message(MessageType.HEARTBEAT, member, leader, 2**64 - 1),
+        Message(MessageType.APP_RESP, member, leader, before[leader], index=2**61),
+        Message(MessageType.SNAP, member, leader, before[leader], index=10**9, log_term=1),
+        Message(MessageType.VOTE_RESP, "intruder", leader, before[leader] + 1),
+    ]
+    batch = raft_pb2.MessageBatch(messages=[message_to_pb(m) for m in forged])
+    unknown = raft_pb2.Message(to=leader, term=before[leader], **{"from": member})
+    unknown.type = 99  # type: ignore[assignment]  # an enum value no release defines
+    batch.messages.append(unknown)
+    metadata = [("kvstore-node-id", member), ("kvstore-cluster-id", plain.state()["cluster_id"])]
+    with grpc.insecure_channel(plain.peer_address(leader)) as channel:
+        ack = raft_pb2_grpc.RaftPeerStub(channel).Stream(iter([batch, batch]), metadata=metadata,
+                                                         timeout=5)
+    assert isinstance(ack, raft_pb2.StreamAck)  # the stream was not torn down
+    wait_until(lambda: "term out of range" in _log(plain, leader)
+               or "refused HEARTBEAT" in _log(plain, leader), 10,
+               f"the refusal of the absurd term in {leader}'s log")
+    text = _log(plain, leader)
+    assert "refused APP_RESP" in text and "refused SNAP" in text, text[-3000:]
+    with plain.client() as client:
+        client.put("after-forgery", "ok")
+        assert client.get("after-forgery") == b"ok"
+    after = {n["id"]: (n["term"], n["role"]) for n in plain.status()}
+    assert after[leader] == (before[leader], "leader")
+    assert all(term < 2**40 for term, _ in after.values())
