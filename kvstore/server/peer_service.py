@@ -26,6 +26,7 @@ import grpc
 
 from kvstore.raft.types import Message
 from kvstore.server.identity import PeerGate, Refused
+from kvstore.server.runtime import SnapshotRefused
 from kvstore.server.wire import message_from_pb
 from kvstore.v1 import raft_pb2, raft_pb2_grpc
 
@@ -114,7 +115,9 @@ class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
                 os.unlink(path)
         try:
             self._deliver_snapshot(src, term, data)
-        except ValueError as err:
+        except SnapshotRefused as err:  # intact perhaps, but not ours to take now
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        except ValueError as err:  # damaged
             await context.abort(grpc.StatusCode.DATA_LOSS, str(err))
         return raft_pb2.SnapshotAck()
 

@@ -56,6 +56,7 @@ from kvstore.storage.errors import StorageError
 
 MAX_TICKS_PER_TURN = 3
 MAX_HASH_CHECKS = 16
+_LOGGED_COUNTS = frozenset(10**k for k in range(12))  # which refusals of a kind are logged
 
 
 class NodeStore(LogStorage, Protocol):
@@ -88,6 +89,11 @@ class StaleRequest(Exception):
 class SessionExpired(Exception):
     """The write names a session the state machine does not hold (evicted, or never
     registered); it was not applied now (an earlier attempt of it may have been)."""
+
+
+class SnapshotRefused(ValueError):
+    """A snapshot that may be intact but is not ours to take now (not from the leader we
+    follow in our term); a damaged one raises a plain ValueError."""
 
 
 class AlarmRefused(Exception):
@@ -246,6 +252,7 @@ class NodeRuntime:
         self._waiting_read_ids: dict[int, Waiter] = {}
         self._waiting_apply: list[tuple[int, Waiter]] = []
         self._streaming: set[str] = set()  # peers we are sending a snapshot to
+        self._refusals: dict[str, int] = {}  # refused peer messages, per kind and sender
         self._peers = frozenset(cfg.voters) - {node_id}  # who may send us messages
         self.quota_bytes = quota_bytes
         # Hashes of our state taken at hash-check entries: log index -> digest (the latest few).
@@ -271,11 +278,20 @@ class NodeRuntime:
         stream."""
         why = peer_checks.refusal(msg, self._receiver())
         if why is not None:
-            self._log(f"refused {peer_checks.type_name(msg.type)} from {msg.src!r} "
-                      f"to {msg.dst!r}: {why}")
+            self._log_refusal(f"{peer_checks.type_name(msg.type)} from {msg.src!r}",
+                              f"to {msg.dst!r}: {why}")
             return False
         self._inbox.append(msg)
         return True
+
+    def _log_refusal(self, what: str, why: str) -> None:
+        """Log refused peer messages without letting a flood of them flood the log: per
+        kind of message and sender, the 1st, 10th, 100th, ... refusal is logged (counted,
+        not timed: the runtime has no clock)."""
+        n = self._refusals[what] = self._refusals.get(what, 0) + 1
+        if n in _LOGGED_COUNTS:
+            times = "" if n == 1 else f" ({n} so far)"
+            self._log(f"refused {what} {why}{times}")
 
     def _receiver(self) -> peer_checks.Receiver:
         raw = self.raw
@@ -302,7 +318,7 @@ class NodeRuntime:
                                            raw.soft_state().leader)
         if why is not None:
             self._log(f"refused snapshot from {src!r} at term {term}: {why}")
-            raise ValueError(f"snapshot from {src} rejected: {why}")
+            raise SnapshotRefused(f"snapshot from {src} rejected: {why}")
         try:
             header, _ = snapshot_file.read(data)
         except StorageError as err:
