@@ -56,6 +56,8 @@ from kvstore.storage.errors import StorageError
 
 MAX_TICKS_PER_TURN = 3
 MAX_HASH_CHECKS = 16
+QUOTA_CHECK_ENTRIES = 32
+QUOTA_CHECK_BYTES = 64 << 10
 _LOGGED_COUNTS = frozenset(10**k for k in range(12))  # which refusals of a kind are logged
 
 
@@ -258,6 +260,9 @@ class NodeRuntime:
         # Hashes of our state taken at hash-check entries: log index -> digest (the latest few).
         self.hash_checks: dict[int, str] = {}
         self._alarm_proposed = False  # a NOSPACE alarm of ours is in the log, not yet applied
+        # Entries applied since the database was last measured (the first batch measures).
+        self._unmeasured_entries = QUOTA_CHECK_ENTRIES
+        self._unmeasured_bytes = 0
         self._in_plan: Plan | None = None
 
     def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
@@ -457,7 +462,7 @@ class NodeRuntime:
                 w.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
         self._release_reads()
         self.raw.advance(rd)
-        if rd.committed:
+        if rd.committed and self._quota_check_due(rd.committed):
             self._check_quota()
 
     def _keep_hash_checks(self, results: Sequence[ApplyResult]) -> None:
@@ -467,16 +472,32 @@ class NodeRuntime:
         while len(self.hash_checks) > MAX_HASH_CHECKS:
             del self.hash_checks[min(self.hash_checks)]
 
+    def _quota_check_due(self, committed: Sequence[Entry]) -> bool:
+        """Measuring the database (a read transaction and a stat of every database) is not
+        free, and this runs on the commit path: measure after every QUOTA_CHECK_ENTRIES
+        applied entries or QUOTA_CHECK_BYTES of entry data, whichever comes first."""
+        if self.quota_bytes is None:
+            return False
+        self._unmeasured_entries += len(committed)
+        self._unmeasured_bytes += sum(len(e.data) for e in committed)
+        if (self._unmeasured_entries < QUOTA_CHECK_ENTRIES
+                and self._unmeasured_bytes < QUOTA_CHECK_BYTES):
+            return False
+        self._unmeasured_entries = self._unmeasured_bytes = 0
+        return True
+
     def _check_quota(self) -> None:
         """As etcd: once this node's database passes the quota, raise the NOSPACE alarm
         through the log, so every member refuses puts from the same entry on. Only a
         leader can propose; a follower's database holds the same data."""
-        if (self.quota_bytes is None or self.role != Role.LEADER or self._alarm_proposed
-                or self.store.size_bytes() <= self.quota_bytes):
+        if self.quota_bytes is None or self.role != Role.LEADER or self._alarm_proposed:
+            return
+        size = self.store.size_bytes()
+        if size <= self.quota_bytes:
             return
         if any(a.type == NOSPACE and a.member == self.node_id for a in self.store.alarms()):
             return
-        self._log(f"database size {self.store.size_bytes()} bytes passed the quota of "
+        self._log(f"database size {size} bytes passed the quota of "
                   f"{self.quota_bytes}: raising the NOSPACE alarm")
         self._alarm_proposed = True
         self.propose(commands.encode_alarm(True, NOSPACE, self.node_id),

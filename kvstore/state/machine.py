@@ -195,6 +195,22 @@ def session_id(index: int) -> bytes:
     return _SESSION_ID_TAG + _U64.pack(index)
 
 
+@dataclass
+class _Batch:
+    """What applying one batch remembers between its entries: session records decoded
+    once (written back once, at the end) and whether alarms refuse writes."""
+
+    sessions: dict[bytes, Session | None] = field(default_factory=dict)
+    dirty: set[bytes] = field(default_factory=set)
+    refusing: int | None = None  # alarm type refusing puts; None: not looked up yet
+
+    def session(self, txn: KVTxn, sid: bytes) -> Session | None:
+        if sid not in self.sessions:
+            raw = txn.get(SESSIONS_DB, _REC + sid)
+            self.sessions[sid] = None if raw is None else Session.decode(raw)
+        return self.sessions[sid]
+
+
 def shard_db_name(shard: int) -> str:
     return f"shard-{shard:03d}"
 
@@ -266,18 +282,15 @@ class ShardedStateMachine:
         client with many requests in flight has a large record); the LRU index is kept
         exact at every step because eviction consults it.
         """
-        cache: dict[bytes, Session | None] = {}
-        dirty: set[bytes] = set()
-        results = [self._apply_one(txn, e, cache, dirty) for e in entries]
-        for sid in dirty:
-            session = cache[sid]
+        batch = _Batch()
+        results = [self._apply_one(txn, e, batch) for e in entries]
+        for sid in batch.dirty:
+            session = batch.sessions[sid]
             assert session is not None
             txn.put(SESSIONS_DB, _REC + sid, session.encode())
         return results
 
-    def _apply_one(
-        self, txn: KVTxn, entry: Entry, cache: dict[bytes, Session | None], dirty: set[bytes]
-    ) -> ApplyResult:
+    def _apply_one(self, txn: KVTxn, entry: Entry, batch: _Batch) -> ApplyResult:
         if entry.type == EntryType.NOOP or not entry.data:
             return ApplyResult(entry.index, b"", 0, ok=True, stale=False)
         try:
@@ -286,24 +299,22 @@ class ShardedStateMachine:
             return ApplyResult(entry.index, b"", 0, ok=False, stale=False, malformed=True)
         op = cmd.WhichOneof("op")
         if op == "register":
-            return self._register(txn, entry.index, cache, dirty)
+            return self._register(txn, entry.index, batch)
         if op == "hash_check":
             return ApplyResult(entry.index, b"", 0, ok=True, stale=False,
                                digest=self.state_digest(txn))
         if op == "alarm":
+            batch.refusing = None  # alarms may change: look again at the next write
             return ApplyResult(entry.index, b"", 0, ok=alarms.apply(txn, cmd.alarm), stale=False)
         cid, seq = cmd.client_id, cmd.seq
         if not cid:
-            refused = self._refused_by_alarm(txn, op)
+            refused = self._refused_by_alarm(txn, op, batch)
             if refused:
                 return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
             return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
 
         sid = _storage_key(cid)
-        if sid not in cache:
-            raw = txn.get(SESSIONS_DB, _REC + sid)
-            cache[sid] = None if raw is None else Session.decode(raw)
-        session = cache[sid]
+        session = batch.session(txn, sid)
         if session is None:
             # Evicted (or never registered): whether this is a retry of a write applied
             # before the eviction cannot be known, so it is not applied now either.
@@ -314,39 +325,34 @@ class ShardedStateMachine:
         if seq < session.lowest_pending_seq:
             return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
 
-        refused = self._refused_by_alarm(txn, op)
+        refused = self._refused_by_alarm(txn, op, batch)
         if refused:
             return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
         ok = self._execute(txn, cmd)
         txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
         self._record(session, seq, cmd.lowest_pending_seq, ok)
         session.last_index = entry.index
-        dirty.add(sid)
+        batch.dirty.add(sid)
         txn.put(SESSIONS_DB, _LRU + _U64.pack(entry.index), sid)
         return ApplyResult(entry.index, cid, seq, ok=ok, stale=False)
 
-    def _register(
-        self, txn: KVTxn, index: int, cache: dict[bytes, Session | None], dirty: set[bytes]
-    ) -> ApplyResult:
+    def _register(self, txn: KVTxn, index: int, batch: _Batch) -> ApplyResult:
         """Create the session of the register entry at `index` (admitting it may evict
         the least recently used one)."""
         cid = session_id(index)
         sid = _storage_key(cid)
-        if sid not in cache:
-            raw = txn.get(SESSIONS_DB, _REC + sid)
-            cache[sid] = None if raw is None else Session.decode(raw)
-        old = cache[sid]
+        old = batch.session(txn, sid)
         if old is not None:
             # Only a pre-registration client could have chosen this id for itself: its
             # session makes room for the new one, which starts with nothing recorded.
             txn.delete(SESSIONS_DB, _LRU + _U64.pack(old.last_index))
         else:
             victim = self._admit(txn)
-            if victim is not None and victim in cache:
-                cache[victim] = None
-                dirty.discard(victim)
-        cache[sid] = Session(last_index=index)
-        dirty.add(sid)
+            if victim is not None and victim in batch.sessions:
+                batch.sessions[victim] = None
+                batch.dirty.discard(victim)
+        batch.sessions[sid] = Session(last_index=index)
+        batch.dirty.add(sid)
         txn.put(SESSIONS_DB, _LRU + _U64.pack(index), sid)
         return ApplyResult(index, cid, 0, ok=True, stale=False, registered=True)
 
@@ -383,13 +389,16 @@ class ShardedStateMachine:
         return None
 
     @staticmethod
-    def _refused_by_alarm(txn: KVTxn, op: str | None) -> int:
+    def _refused_by_alarm(txn: KVTxn, op: str | None, batch: _Batch) -> int:
         """The alarm type that refuses this write (0: none). Deletes stay allowed: they are
-        how an operator frees space under NOSPACE."""
-        if op not in ("put", "cas") or not alarms.writes_blocked(txn):
+        how an operator frees space under NOSPACE. Looked up once per batch (and again
+        after an alarm entry), not once per write."""
+        if op not in ("put", "cas"):
             return 0
-        raised = alarms.active(txn)
-        return raised[0].type if raised else 0
+        if batch.refusing is None:
+            raised = alarms.active(txn) if alarms.writes_blocked(txn) else []
+            batch.refusing = raised[0].type if raised else 0
+        return batch.refusing
 
     def active_alarms(self, txn: KVTxn) -> list[alarms.Alarm]:
         return alarms.active(txn)

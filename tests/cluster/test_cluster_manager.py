@@ -22,6 +22,7 @@ from kvstore.cluster.manager import (
     _agreed_leader,
     load_state,
 )
+from tests.integration.cluster_util import free_port_range
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -227,32 +228,12 @@ def test_leader_needs_a_majority_in_its_term() -> None:
     assert _agreed_leader(stale, 2) is None
 
 
-def _free_base(count: int) -> int:
-    import socket
-
-    for base in range(23000 + os.getpid() % 500 * 7, 31000, 11):
-        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
-        socks = []
-        try:
-            for port in ports:
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free ports")
-
-
 def test_a_cluster_json_from_before_peer_ports_restarts_with_them(tmp_path: Path) -> None:
     """An old stopped cluster (no peer_address, no cluster_id) is resumed by `cluster up`:
     it gets the layout's peer ports and a cluster id its nodes adopt; no process starts."""
     from kvstore.cluster.manager import ClusterManager
 
-    base = _free_base(3)
+    base = free_port_range(3)
     old = [{"id": f"n{i + 1}", "address": f"127.0.0.1:{base + i}", "pid": None,
             "data_dir": str(tmp_path / f"n{i + 1}"), "log_file": "", "serve_args": []}
            for i in range(3)]

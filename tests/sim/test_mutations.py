@@ -209,14 +209,13 @@ def test_session_dedup_switched_off(
     original = machine.ShardedStateMachine._apply_one
 
     def apply_again(self: machine.ShardedStateMachine, txn: machine.KVTxn, entry: Entry,
-                    cache: dict[bytes, machine.Session | None],
-                    dirty: set[bytes]) -> ApplyResult:
-        result = original(self, txn, entry, cache, dirty)
+                    batch: machine._Batch) -> ApplyResult:
+        result = original(self, txn, entry, batch)
         if result.duplicate:  # forget the recorded answer and run the command again
-            session = cache[machine._storage_key(result.client_id)]
+            session = batch.sessions[machine._storage_key(result.client_id)]
             assert session is not None
             del session.results[result.seq]
-            result = original(self, txn, entry, cache, dirty)
+            result = original(self, txn, entry, batch)
         return result
 
     monkeypatch.setattr(machine.ShardedStateMachine, "_apply_one", apply_again)
