@@ -1,3 +1,4 @@
+from kvstore.etcdpb import rpc_pb2 as _rpc_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -102,7 +103,7 @@ class SnapshotAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm", "hash_check")
+    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm", "hash_check", "txn", "compact")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LOWEST_PENDING_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +113,8 @@ class Command(_message.Message):
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
     HASH_CHECK_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     lowest_pending_seq: int
@@ -121,7 +124,9 @@ class Command(_message.Message):
     register: RegisterOp
     alarm: AlarmOp
     hash_check: HashCheckOp
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ..., hash_check: _Optional[_Union[HashCheckOp, _Mapping]] = ...) -> None: ...
+    txn: _rpc_pb2.TxnRequest
+    compact: _rpc_pb2.CompactionRequest
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ..., hash_check: _Optional[_Union[HashCheckOp, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compact: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ...) -> None: ...
 
 class HashCheckOp(_message.Message):
     __slots__ = ()
