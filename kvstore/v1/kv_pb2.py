@@ -22,61 +22,74 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kvstore.etcdpb import rpc_pb2 as kvstore_dot_etcdpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"Y\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"E\n\x07WriteId\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1a\n\x12lowest_pending_seq\x18\x03 \x01(\x04\"O\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12%\n\x08write_id\x18\x03 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"9\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05stale\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"C\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12%\n\x08write_id\x18\x02 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x83\x01\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12%\n\x08write_id\x18\x05 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"W\n\x16\x43ompareAndSwapResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\"\x18\n\x16RegisterSessionRequest\"X\n\x17RegisterSessionResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tclient_id\x18\x02 \x01(\x0c\"\x80\x01\n\x0c\x41larmRequest\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.kvstore.v1.AlarmRequest.Action\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\"!\n\x06\x41\x63tion\x12\x07\n\x03GET\x10\x00\x12\x0e\n\nDEACTIVATE\x10\x01\"+\n\x0b\x41larmMember\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"d\n\rAlarmResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\'\n\x06\x61larms\x18\x02 \x03(\x0b\x32\x17.kvstore.v1.AlarmMember\"\x0f\n\rStatusRequest\"T\n\x0cPeerProgress\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x12\n\nnext_index\x18\x04 \x01(\x04\"\xb6\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x11\n\tleader_id\x18\x07 \x01(\t\x12\x16\n\x0eleader_address\x18\x08 \x01(\t\x12\x17\n\x0f\x66irst_log_index\x18\t \x01(\x04\x12\x16\n\x0elast_log_index\x18\n \x01(\x04\x12\x0e\n\x06shards\x18\x0b \x01(\r\x12\'\n\x05peers\x18\x0c \x03(\x0b\x32\x18.kvstore.v1.PeerProgress\x12\x16\n\x0esnapshot_index\x18\r \x01(\x04\x12\x11\n\tlog_bytes\x18\x0e \x01(\x04\"\xb7\x01\n\x02Op\x12%\n\x03put\x18\x01 \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x02 \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\x30\n\x03\x63\x61s\x18\x04 \x01(\x0b\x32!.kvstore.v1.CompareAndSwapRequestH\x00\x42\x04\n\x02op\"\x8f\x02\n\x08OpResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12&\n\x03put\x18\x05 \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x06 \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12\x31\n\x03\x63\x61s\x18\x08 \x01(\x0b\x32\".kvstore.v1.CompareAndSwapResponseH\x00\x42\x08\n\x06result\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult2\xa7\x04\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12W\n\x0e\x43ompareAndSwap\x12!.kvstore.v1.CompareAndSwapRequest\x1a\".kvstore.v1.CompareAndSwapResponse\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12<\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse\x12Z\n\x0fRegisterSession\x12\".kvstore.v1.RegisterSessionRequest\x1a#.kvstore.v1.RegisterSessionResponse\x12<\n\x05\x41larm\x12\x18.kvstore.v1.AlarmRequest\x1a\x19.kvstore.v1.AlarmResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\x1a\x18kvstore/etcdpb/rpc.proto\"k\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08revision\x18\x05 \x01(\x03\"E\n\x07WriteId\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1a\n\x12lowest_pending_seq\x18\x03 \x01(\x04\"O\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12%\n\x08write_id\x18\x03 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"9\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\":\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05stale\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x97\x01\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\"J\n\x0cRangeRequest\x12+\n\x05range\x18\x01 \x01(\x0b\x32\x1c.kvstore.etcdpb.RangeRequest\x12\r\n\x05stale\x18\x02 \x01(\x08\"j\n\rRangeResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1d.kvstore.etcdpb.RangeResponse\"\\\n\nTxnRequest\x12%\n\x08write_id\x18\x01 \x01(\x0b\x32\x13.kvstore.v1.WriteId\x12\'\n\x03txn\x18\x02 \x01(\x0b\x32\x1a.kvstore.etcdpb.TxnRequest\"y\n\x0bTxnResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.kvstore.etcdpb.TxnResponse\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"4\n\x0e\x43ompactRequest\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x08physical\x18\x02 \x01(\x08\"=\n\x0f\x43ompactResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\"C\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12%\n\x08write_id\x18\x02 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x83\x01\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12%\n\x08write_id\x18\x05 \x01(\x0b\x32\x13.kvstore.v1.WriteId\"W\n\x16\x43ompareAndSwapResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\"\x18\n\x16RegisterSessionRequest\"X\n\x17RegisterSessionResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tclient_id\x18\x02 \x01(\x0c\"\x80\x01\n\x0c\x41larmRequest\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.kvstore.v1.AlarmRequest.Action\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\"!\n\x06\x41\x63tion\x12\x07\n\x03GET\x10\x00\x12\x0e\n\nDEACTIVATE\x10\x01\"+\n\x0b\x41larmMember\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"d\n\rAlarmResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\'\n\x06\x61larms\x18\x02 \x03(\x0b\x32\x17.kvstore.v1.AlarmMember\"\x0f\n\rStatusRequest\"T\n\x0cPeerProgress\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x12\n\nnext_index\x18\x04 \x01(\x04\"\xb6\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x11\n\tleader_id\x18\x07 \x01(\t\x12\x16\n\x0eleader_address\x18\x08 \x01(\t\x12\x17\n\x0f\x66irst_log_index\x18\t \x01(\x04\x12\x16\n\x0elast_log_index\x18\n \x01(\x04\x12\x0e\n\x06shards\x18\x0b \x01(\r\x12\'\n\x05peers\x18\x0c \x03(\x0b\x32\x18.kvstore.v1.PeerProgress\x12\x16\n\x0esnapshot_index\x18\r \x01(\x04\x12\x11\n\tlog_bytes\x18\x0e \x01(\x04\"\x89\x02\n\x02Op\x12%\n\x03put\x18\x01 \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x02 \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\x30\n\x03\x63\x61s\x18\x04 \x01(\x0b\x32!.kvstore.v1.CompareAndSwapRequestH\x00\x12)\n\x05range\x18\x05 \x01(\x0b\x32\x18.kvstore.v1.RangeRequestH\x00\x12%\n\x03txn\x18\x06 \x01(\x0b\x32\x16.kvstore.v1.TxnRequestH\x00\x42\x04\n\x02op\"\xe3\x02\n\x08OpResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12&\n\x03put\x18\x05 \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x06 \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12\x31\n\x03\x63\x61s\x18\x08 \x01(\x0b\x32\".kvstore.v1.CompareAndSwapResponseH\x00\x12*\n\x05range\x18\t \x01(\x0b\x32\x19.kvstore.v1.RangeResponseH\x00\x12&\n\x03txn\x18\n \x01(\x0b\x32\x17.kvstore.v1.TxnResponseH\x00\x42\x08\n\x06result\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult2\xe1\x05\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12W\n\x0e\x43ompareAndSwap\x12!.kvstore.v1.CompareAndSwapRequest\x1a\".kvstore.v1.CompareAndSwapResponse\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12<\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse\x12Z\n\x0fRegisterSession\x12\".kvstore.v1.RegisterSessionRequest\x1a#.kvstore.v1.RegisterSessionResponse\x12<\n\x05\x41larm\x12\x18.kvstore.v1.AlarmRequest\x1a\x19.kvstore.v1.AlarmResponse\x12<\n\x05Range\x12\x18.kvstore.v1.RangeRequest\x1a\x19.kvstore.v1.RangeResponse\x12\x36\n\x03Txn\x12\x16.kvstore.v1.TxnRequest\x1a\x17.kvstore.v1.TxnResponse\x12\x42\n\x07\x43ompact\x12\x1a.kvstore.v1.CompactRequest\x1a\x1b.kvstore.v1.CompactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESPONSEHEADER']._serialized_start=35
-  _globals['_RESPONSEHEADER']._serialized_end=124
-  _globals['_WRITEID']._serialized_start=126
-  _globals['_WRITEID']._serialized_end=195
-  _globals['_PUTREQUEST']._serialized_start=197
-  _globals['_PUTREQUEST']._serialized_end=276
-  _globals['_PUTRESPONSE']._serialized_start=278
-  _globals['_PUTRESPONSE']._serialized_end=335
-  _globals['_GETREQUEST']._serialized_start=337
-  _globals['_GETREQUEST']._serialized_end=377
-  _globals['_GETRESPONSE']._serialized_start=379
-  _globals['_GETRESPONSE']._serialized_end=466
-  _globals['_DELETEREQUEST']._serialized_start=468
-  _globals['_DELETEREQUEST']._serialized_end=535
-  _globals['_DELETERESPONSE']._serialized_start=537
-  _globals['_DELETERESPONSE']._serialized_end=614
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=617
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=748
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=750
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=837
-  _globals['_REGISTERSESSIONREQUEST']._serialized_start=839
-  _globals['_REGISTERSESSIONREQUEST']._serialized_end=863
-  _globals['_REGISTERSESSIONRESPONSE']._serialized_start=865
-  _globals['_REGISTERSESSIONRESPONSE']._serialized_end=953
-  _globals['_ALARMREQUEST']._serialized_start=956
-  _globals['_ALARMREQUEST']._serialized_end=1084
-  _globals['_ALARMREQUEST_ACTION']._serialized_start=1051
-  _globals['_ALARMREQUEST_ACTION']._serialized_end=1084
-  _globals['_ALARMMEMBER']._serialized_start=1086
-  _globals['_ALARMMEMBER']._serialized_end=1129
-  _globals['_ALARMRESPONSE']._serialized_start=1131
-  _globals['_ALARMRESPONSE']._serialized_end=1231
-  _globals['_STATUSREQUEST']._serialized_start=1233
-  _globals['_STATUSREQUEST']._serialized_end=1248
-  _globals['_PEERPROGRESS']._serialized_start=1250
-  _globals['_PEERPROGRESS']._serialized_end=1334
-  _globals['_STATUSRESPONSE']._serialized_start=1337
-  _globals['_STATUSRESPONSE']._serialized_end=1647
-  _globals['_OP']._serialized_start=1650
-  _globals['_OP']._serialized_end=1833
-  _globals['_OPRESULT']._serialized_start=1836
-  _globals['_OPRESULT']._serialized_end=2107
-  _globals['_BATCHREQUEST']._serialized_start=2109
-  _globals['_BATCHREQUEST']._serialized_end=2152
-  _globals['_BATCHRESPONSE']._serialized_start=2154
-  _globals['_BATCHRESPONSE']._serialized_end=2208
-  _globals['_KV']._serialized_start=2211
-  _globals['_KV']._serialized_end=2762
+  _globals['_RESPONSEHEADER']._serialized_start=61
+  _globals['_RESPONSEHEADER']._serialized_end=168
+  _globals['_WRITEID']._serialized_start=170
+  _globals['_WRITEID']._serialized_end=239
+  _globals['_PUTREQUEST']._serialized_start=241
+  _globals['_PUTREQUEST']._serialized_end=320
+  _globals['_PUTRESPONSE']._serialized_start=322
+  _globals['_PUTRESPONSE']._serialized_end=379
+  _globals['_GETREQUEST']._serialized_start=381
+  _globals['_GETREQUEST']._serialized_end=439
+  _globals['_GETRESPONSE']._serialized_start=442
+  _globals['_GETRESPONSE']._serialized_end=593
+  _globals['_RANGEREQUEST']._serialized_start=595
+  _globals['_RANGEREQUEST']._serialized_end=669
+  _globals['_RANGERESPONSE']._serialized_start=671
+  _globals['_RANGERESPONSE']._serialized_end=777
+  _globals['_TXNREQUEST']._serialized_start=779
+  _globals['_TXNREQUEST']._serialized_end=871
+  _globals['_TXNRESPONSE']._serialized_start=873
+  _globals['_TXNRESPONSE']._serialized_end=994
+  _globals['_COMPACTREQUEST']._serialized_start=996
+  _globals['_COMPACTREQUEST']._serialized_end=1048
+  _globals['_COMPACTRESPONSE']._serialized_start=1050
+  _globals['_COMPACTRESPONSE']._serialized_end=1111
+  _globals['_DELETEREQUEST']._serialized_start=1113
+  _globals['_DELETEREQUEST']._serialized_end=1180
+  _globals['_DELETERESPONSE']._serialized_start=1182
+  _globals['_DELETERESPONSE']._serialized_end=1259
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=1262
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=1393
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=1395
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=1482
+  _globals['_REGISTERSESSIONREQUEST']._serialized_start=1484
+  _globals['_REGISTERSESSIONREQUEST']._serialized_end=1508
+  _globals['_REGISTERSESSIONRESPONSE']._serialized_start=1510
+  _globals['_REGISTERSESSIONRESPONSE']._serialized_end=1598
+  _globals['_ALARMREQUEST']._serialized_start=1601
+  _globals['_ALARMREQUEST']._serialized_end=1729
+  _globals['_ALARMREQUEST_ACTION']._serialized_start=1696
+  _globals['_ALARMREQUEST_ACTION']._serialized_end=1729
+  _globals['_ALARMMEMBER']._serialized_start=1731
+  _globals['_ALARMMEMBER']._serialized_end=1774
+  _globals['_ALARMRESPONSE']._serialized_start=1776
+  _globals['_ALARMRESPONSE']._serialized_end=1876
+  _globals['_STATUSREQUEST']._serialized_start=1878
+  _globals['_STATUSREQUEST']._serialized_end=1893
+  _globals['_PEERPROGRESS']._serialized_start=1895
+  _globals['_PEERPROGRESS']._serialized_end=1979
+  _globals['_STATUSRESPONSE']._serialized_start=1982
+  _globals['_STATUSRESPONSE']._serialized_end=2292
+  _globals['_OP']._serialized_start=2295
+  _globals['_OP']._serialized_end=2560
+  _globals['_OPRESULT']._serialized_start=2563
+  _globals['_OPRESULT']._serialized_end=2918
+  _globals['_BATCHREQUEST']._serialized_start=2920
+  _globals['_BATCHREQUEST']._serialized_end=2963
+  _globals['_BATCHRESPONSE']._serialized_start=2965
+  _globals['_BATCHRESPONSE']._serialized_end=3019
+  _globals['_KV']._serialized_start=3022
+  _globals['_KV']._serialized_end=3759
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from kvstore.etcdpb import rpc_pb2 as _rpc_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -8,16 +9,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ResponseHeader(_message.Message):
-    __slots__ = ("node_id", "applied_index", "leader_id", "term")
+    __slots__ = ("node_id", "applied_index", "leader_id", "term", "revision")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     applied_index: int
     leader_id: str
     term: int
-    def __init__(self, node_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+    revision: int
+    def __init__(self, node_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WriteId(_message.Message):
     __slots__ = ("client_id", "seq", "lowest_pending_seq")
@@ -46,22 +49,78 @@ class PutResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("key", "stale")
+    __slots__ = ("key", "stale", "revision")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     stale: bool
-    def __init__(self, key: _Optional[bytes] = ..., stale: _Optional[bool] = ...) -> None: ...
+    revision: int
+    def __init__(self, key: _Optional[bytes] = ..., stale: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("header", "found", "value")
+    __slots__ = ("header", "found", "value", "create_revision", "mod_revision", "version")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     found: bool
     value: bytes
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+    create_revision: int
+    mod_revision: int
+    version: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RangeRequest(_message.Message):
+    __slots__ = ("range", "stale")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    range: _rpc_pb2.RangeRequest
+    stale: bool
+    def __init__(self, range: _Optional[_Union[_rpc_pb2.RangeRequest, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class RangeResponse(_message.Message):
+    __slots__ = ("header", "result")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    result: _rpc_pb2.RangeResponse
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., result: _Optional[_Union[_rpc_pb2.RangeResponse, _Mapping]] = ...) -> None: ...
+
+class TxnRequest(_message.Message):
+    __slots__ = ("write_id", "txn")
+    WRITE_ID_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    write_id: WriteId
+    txn: _rpc_pb2.TxnRequest
+    def __init__(self, write_id: _Optional[_Union[WriteId, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ...) -> None: ...
+
+class TxnResponse(_message.Message):
+    __slots__ = ("header", "result", "duplicate")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    result: _rpc_pb2.TxnResponse
+    duplicate: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., result: _Optional[_Union[_rpc_pb2.TxnResponse, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class CompactRequest(_message.Message):
+    __slots__ = ("revision", "physical")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PHYSICAL_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    physical: bool
+    def __init__(self, revision: _Optional[int] = ..., physical: _Optional[bool] = ...) -> None: ...
+
+class CompactResponse(_message.Message):
+    __slots__ = ("header",)
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("key", "write_id")
@@ -194,19 +253,23 @@ class StatusResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., shards: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerProgress, _Mapping]]] = ..., snapshot_index: _Optional[int] = ..., log_bytes: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("put", "get", "delete", "cas")
+    __slots__ = ("put", "get", "delete", "cas", "range", "txn")
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CAS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     put: PutRequest
     get: GetRequest
     delete: DeleteRequest
     cas: CompareAndSwapRequest
-    def __init__(self, put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSwapRequest, _Mapping]] = ...) -> None: ...
+    range: RangeRequest
+    txn: TxnRequest
+    def __init__(self, put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSwapRequest, _Mapping]] = ..., range: _Optional[_Union[RangeRequest, _Mapping]] = ..., txn: _Optional[_Union[TxnRequest, _Mapping]] = ...) -> None: ...
 
 class OpResult(_message.Message):
-    __slots__ = ("code", "message", "leader_id", "leader_address", "put", "get", "delete", "cas")
+    __slots__ = ("code", "message", "leader_id", "leader_address", "put", "get", "delete", "cas", "range", "txn")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +278,8 @@ class OpResult(_message.Message):
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CAS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     leader_id: str
@@ -223,7 +288,9 @@ class OpResult(_message.Message):
     get: GetResponse
     delete: DeleteResponse
     cas: CompareAndSwapResponse
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., put: _Optional[_Union[PutResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteResponse, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSwapResponse, _Mapping]] = ...) -> None: ...
+    range: RangeResponse
+    txn: TxnResponse
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., put: _Optional[_Union[PutResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteResponse, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSwapResponse, _Mapping]] = ..., range: _Optional[_Union[RangeResponse, _Mapping]] = ..., txn: _Optional[_Union[TxnResponse, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops",)

@@ -30,8 +30,14 @@ class KVStub:
     FAILED_PRECONDITION  this node is not the leader; trailing metadata
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
-    INVALID_ARGUMENT     bad key or value; nothing was proposed.
-    NOT_FOUND            a write's session does not exist (evicted, or never
+    INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
+    e.g. "etcdserver: too many operations in txn request"); nothing
+    was proposed.
+    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    revision": a read at, or a compaction to, a revision the store
+    cannot serve; nothing changed.
+    NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);
+    otherwise: a write's session does not exist (evicted, or never
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
@@ -90,6 +96,21 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.AlarmRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.AlarmResponse.FromString,
                 _registered_method=True)
+        self.Range = channel.unary_unary(
+                '/kvstore.v1.KV/Range',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+                _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/kvstore.v1.KV/Txn',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/kvstore.v1.KV/Compact',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -97,8 +118,14 @@ class KVServicer:
     FAILED_PRECONDITION  this node is not the leader; trailing metadata
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
-    INVALID_ARGUMENT     bad key or value; nothing was proposed.
-    NOT_FOUND            a write's session does not exist (evicted, or never
+    INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
+    e.g. "etcdserver: too many operations in txn request"); nothing
+    was proposed.
+    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    revision": a read at, or a compaction to, a revision the store
+    cannot serve; nothing changed.
+    NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);
+    otherwise: a write's session does not exist (evicted, or never
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
@@ -159,6 +186,24 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Range(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +247,21 @@ def add_KVServicer_to_server(servicer, server):
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.AlarmRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.AlarmResponse.SerializeToString,
             ),
+            'Range': grpc.unary_unary_rpc_method_handler(
+                    servicer.Range,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.RangeRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.CompactRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.CompactResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kvstore.v1.KV', rpc_method_handlers)
@@ -215,8 +275,14 @@ class KV:
     FAILED_PRECONDITION  this node is not the leader; trailing metadata
     "kvstore-leader-id" / "kvstore-leader-address" name
     the leader when known.
-    INVALID_ARGUMENT     bad key or value; nothing was proposed.
-    NOT_FOUND            a write's session does not exist (evicted, or never
+    INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
+    e.g. "etcdserver: too many operations in txn request"); nothing
+    was proposed.
+    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    revision": a read at, or a compaction to, a revision the store
+    cannot serve; nothing changed.
+    NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);
+    otherwise: a write's session does not exist (evicted, or never
     registered): this attempt was not applied; an earlier
     attempt with the same write id may have been.
     ABORTED              the session has forgotten this write id's result.
@@ -435,6 +501,87 @@ class KV:
             '/kvstore.v1.KV/Alarm',
             kvstore_dot_v1_dot_kv__pb2.AlarmRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.AlarmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Range(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Range',
+            kvstore_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Txn',
+            kvstore_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Compact',
+            kvstore_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,
