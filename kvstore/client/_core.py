@@ -51,7 +51,9 @@ from typing import Any, Final, Generic, TypeVar
 import grpc
 
 from kvstore.client.errors import (
+    Compacted,
     CorruptCluster,
+    FutureRevision,
     InvalidArgument,
     KVError,
     NoSpace,
@@ -61,6 +63,7 @@ from kvstore.client.errors import (
     Timeout,
     Unavailable,
 )
+from kvstore.client.ranges import KeyLike, to_bytes
 from kvstore.v1 import kv_pb2
 
 DEFAULT_TIMEOUT = 10.0
@@ -76,25 +79,9 @@ LEADER_ID_KEY = "kvstore-leader-id"
 LEADER_ADDRESS_KEY = "kvstore-leader-address"
 
 R = TypeVar("R")
-KeyLike = bytes | str
 
 
 # --------------------------------------------------------------------------- values
-
-
-def to_bytes(value: KeyLike, what: str) -> bytes:
-    """Accept bytes or str (encoded as UTF-8); reject anything else early.
-
-    A TypeError here is a programming error in the caller, not a server verdict,
-    so it is deliberately not a KVError.
-    """
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
 def parse_endpoint(text: str) -> str:
@@ -355,6 +342,9 @@ REGISTER_METHOD = "RegisterSession"
 # What a node answers (RESOURCE_EXHAUSTED) to a put while the NOSPACE alarm is raised; any
 # other RESOURCE_EXHAUSTED is gRPC's "message larger than max".
 NOSPACE_DETAILS = "database space exceeded"
+# etcd's NOT_FOUND for a put naming a lease the cluster does not hold: unlike the NOT_FOUND
+# of an evicted session, a new session would not help.
+LEASE_NOT_FOUND = "requested lease not found"
 REGISTRATION_WAIT = 0.005  # seconds a write waits while another call registers the session
 
 
@@ -458,6 +448,10 @@ class GetResult:
     found: bool
     node: str
     applied_index: int
+    create_revision: int = 0  # 0 when not found
+    mod_revision: int = 0
+    version: int = 0
+    revision: int = 0  # the store revision the read was served at
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,7 +626,8 @@ class Call(Generic[R]):
         """Record a failed attempt. Returns the exception to raise, or None to go on."""
         kind = _RETRYABLE.get(failure.code)
         if kind is None:
-            if failure.code is grpc.StatusCode.NOT_FOUND and self.write_id is not None:
+            if (failure.code is grpc.StatusCode.NOT_FOUND and self.write_id is not None
+                    and LEASE_NOT_FOUND not in failure.details):
                 return self._session_expired(endpoint, failure)
             self.close()
             return self._fatal(endpoint, failure)
@@ -774,6 +769,16 @@ class Call(Generic[R]):
             return CorruptCluster(
                 f"{self.op.name} refused by {endpoint}: {failure.describe()}",
                 maybe_applied=self._maybe_applied)
+        if failure.code is grpc.StatusCode.OUT_OF_RANGE:
+            # A read at (or a compaction to) a revision the store cannot serve; refused
+            # before anything changed, by every node alike.
+            kind = FutureRevision if "future" in failure.details else Compacted
+            return kind(f"{self.op.name} refused by {endpoint}: {failure.describe()}",
+                        maybe_applied=self._maybe_applied)
+        if (failure.code is grpc.StatusCode.NOT_FOUND
+                and LEASE_NOT_FOUND in failure.details):
+            return InvalidArgument(f"{self.op.name} rejected by {endpoint}: "
+                                   f"{failure.describe()}", maybe_applied=self._maybe_applied)
         if failure.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             # RESOURCE_EXHAUSTED here means "message larger than the receiver's limit".
             # Validation runs before anything is proposed, and every retry sends the same
@@ -853,19 +858,24 @@ class ClientCore:
         )
 
     def get(
-        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+        self, key: KeyLike, *, stale: bool = False, revision: int = 0,
+        timeout: float | None = None,
     ) -> Operation[GetResult]:
         k = to_bytes(key, "key")
+        if revision < 0:
+            raise ValueError("revision must be >= 0 (0: the latest)")
 
         def parse(response: Any) -> GetResult:
             node, applied = _header_fields(response)
             found = bool(response.found)
-            return GetResult(k, bytes(response.value) if found else None, found, node, applied)
+            return GetResult(k, bytes(response.value) if found else None, found, node, applied,
+                             response.create_revision, response.mod_revision,
+                             response.version, response.header.revision)
 
         return Operation(
             name="stale get" if stale else "get",
             method="Get",
-            build=lambda _wid: kv_pb2.GetRequest(key=k, stale=stale),
+            build=lambda _wid: kv_pb2.GetRequest(key=k, stale=stale, revision=revision),
             parse=parse,
             pinned=self.router.configured[0] if stale else None,
             timeout=timeout,

@@ -20,7 +20,8 @@ import grpc
 from kvstore.client._core import RpcFailure, failure_from_rpc_error
 from kvstore.v1 import kv_pb2, kv_pb2_grpc
 
-_OP_FIELD = {"Put": "put", "Get": "get", "Delete": "delete", "CompareAndSwap": "cas"}
+_OP_FIELD = {"Put": "put", "Get": "get", "Delete": "delete", "CompareAndSwap": "cas",
+             "Range": "range", "Txn": "txn"}
 _STATUS_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 
 MAX_OPS_PER_BATCH = 1000

@@ -13,6 +13,8 @@ in its docstring, and every instance carries it as ``maybe_applied``:
   not idempotent; the client's own retries inside one call are, because they
   reuse the write id.
 - "may have been applied, result lost": :class:`StaleWrite`, :class:`SessionExpired`.
+- "refused by the data model": :class:`Compacted`, :class:`FutureRevision` (a revision
+  the store cannot serve); definitely not applied.
 
 Reads never change state, so for them ``maybe_applied`` is always False.
 """
@@ -131,3 +133,18 @@ class Timeout(KVError):
     A write that timed out may have been applied (``maybe_applied`` tells whether
     any attempt got far enough for that to be possible).
     """
+
+
+class Compacted(KVError):
+    """A read at, or a compaction to, a revision whose history a compaction has already
+    removed ("mvcc: required revision has been compacted"): definitely NOT applied. Never
+    retried: read at a later revision (or the latest, revision 0).
+
+    A compaction that the client retried after an attempt the cluster had applied also ends
+    here (the second attempt finds the history gone); ``maybe_applied`` then says so.
+    """
+
+
+class FutureRevision(KVError):
+    """A read at, or a compaction to, a revision the store has not reached yet ("mvcc:
+    required revision is a future revision"): definitely NOT applied; never retried."""

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
@@ -31,7 +31,11 @@ from kvstore.client._core import (
     Operation,
     failure_from_rpc_error,
 )
+from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
+from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
+from kvstore.client.txn import Compare, Op, TxnResult
+from kvstore.etcdpb import rpc_pb2
 from kvstore.v1 import kv_pb2_grpc
 
 R = TypeVar("R")
@@ -91,16 +95,55 @@ class KVClient:
         self._run(self._core.put(key, value, timeout))
 
     def get(
-        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+        self, key: KeyLike, *, stale: bool = False, revision: int = 0,
+        timeout: float | None = None,
     ) -> bytes | None:
-        """Linearizable read (or, with ``stale=True``, the first endpoint's local state)."""
-        return self._run(self._core.get(key, stale=stale, timeout=timeout)).value
+        """The value of ``key`` (None if absent): a linearizable read, or with
+        ``stale=True`` the first endpoint's local state; ``revision``: as it was then."""
+        return self.get_result(key, stale=stale, revision=revision,
+                                       timeout=timeout).value
 
     def get_result(
-        self, key: KeyLike, *, stale: bool = False, timeout: float | None = None
+        self, key: KeyLike, *, stale: bool = False, revision: int = 0,
+        timeout: float | None = None,
     ) -> GetResult:
-        """Like :meth:`get`, plus which node answered and at what applied index."""
-        return self._run(self._core.get(key, stale=stale, timeout=timeout))
+        """Like :meth:`get`, plus the key's revisions and version, the store revision, and
+        which node answered at what applied index."""
+        return self._run(self._core.get(key, stale=stale, revision=revision,
+                                            timeout=timeout))
+
+    def range(
+        self, key: KeyLike, range_end: KeyLike | None = None, *, stale: bool = False,
+        timeout: float | None = None, **options: Unpack[RangeOptions],
+    ) -> RangeResult:
+        """The keys in [key, range_end) (etcd's Range): ``prefix=True`` for every key
+        starting with ``key``, ``from_key=True`` for every key >= ``key``; ``limit``,
+        ``revision``, ``sort_order`` ("ascend"/"descend"), ``sort_target`` ("key",
+        "version", "create", "modify", "value"), ``keys_only``, ``count_only``.
+        Linearizable unless ``stale``."""
+        request: rpc_pb2.RangeRequest = range_request(key, range_end, **options)
+        return self._run(range_op(self._core, request, stale=stale, timeout=timeout))
+
+    def txn(
+        self,
+        compare: Iterable[Compare | rpc_pb2.Compare] = (),
+        success: Iterable[Op | rpc_pb2.RequestOp] = (),
+        failure: Iterable[Op | rpc_pb2.RequestOp] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """Atomically: if every compare holds run ``success``, else ``failure`` (see
+        :mod:`kvstore.client.txn`). Applied at most once, like put; see
+        ``TxnResult.duplicate`` for what a retried, already applied txn answers."""
+        return self._run(txn_op(compare, success, failure, timeout))
+
+    def compact(
+        self, revision: int, *, physical: bool = False, timeout: float | None = None
+    ) -> int:
+        """Forget the history below ``revision`` (reads at older revisions then raise
+        Compacted); returns the store revision. ``physical``: return once the space is
+        reclaimed."""
+        return self._run(compact_op(revision, physical=physical, timeout=timeout))
 
     def delete(self, key: KeyLike, *, timeout: float | None = None) -> bool:
         """Delete ``key``; True if it existed."""
