@@ -1,7 +1,8 @@
 """The `kvstore` command line: serve a node, run a local cluster, talk to a cluster.
 
 Modules: ``app`` (the group, error policy, shared options, where endpoints and TLS
-settings come from), ``data`` (put/get/delete/status), ``serve``, ``cluster``, ``alarm``.
+settings come from), ``data`` (put/get/delete/status), ``mvcc`` (txn, compaction; range
+output), ``txn_format`` (etcdctl's txn text), ``serve``, ``cluster``, ``alarm``.
 """
 
 import os
@@ -11,7 +12,7 @@ import os
 # Must be set before grpc is first imported; an explicit GRPC_VERBOSITY wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from kvstore.cli import alarm, cluster, data, serve  # noqa: E402,F401 - registers the commands
+from kvstore.cli import alarm, cluster, data, mvcc, serve  # noqa: E402,F401 - registers the commands
 from kvstore.cli.app import main  # noqa: E402
 
 __all__ = ["main"]
