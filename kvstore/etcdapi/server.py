@@ -1,0 +1,49 @@
+"""Wiring of etcd's API into a node's two gRPC servers (called by kvstore.server.app).
+
+Client port: etcdserverpb.KV, .Maintenance and .Cluster, with the client port's TLS like
+kvstore's own API. Peer port: the forward service (forward.py), which followers use to
+reach the leader; it admits members only (peer TLS and the PeerGate).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from kvstore.etcdapi.cluster_service import EtcdClusterService
+from kvstore.etcdapi.common import EtcdNode, Store
+from kvstore.etcdapi.forward import Forwarder, forward_handler
+from kvstore.etcdapi.kv_service import EtcdKVService
+from kvstore.etcdapi.maintenance_service import EtcdMaintenanceService
+from kvstore.etcdapi.members import MemberBook
+from kvstore.etcdapi.methods import CLUSTER, KV, MAINTENANCE, generic_handler
+from kvstore.server.config import NodeConfig
+from kvstore.server.identity import PeerGate
+from kvstore.server.node import NodeDriver
+
+
+def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
+                 config: NodeConfig, cluster_id: str, driver: NodeDriver, store: Store,
+                 gate: PeerGate,
+                 peer_credentials: grpc.ChannelCredentials | None) -> Forwarder:
+    """Register the etcd services; returns the Forwarder, to close at shutdown."""
+    book = MemberBook(config.node_id, config.client_address,
+                      config.listen_peer, config.peers, gate.client_address_of,
+                      client_tls=config.client_tls is not None,
+                      peer_tls=config.peer_tls is not None)
+    node = EtcdNode(driver, store, cluster_id, book, config.max_key_bytes,
+                    config.max_value_bytes)
+    forwarder = Forwarder(config.peers, peer_credentials, gate.outgoing())
+    kv = EtcdKVService(node, forwarder)
+    maintenance = EtcdMaintenanceService(node, forwarder)
+    cluster = EtcdClusterService(node, forwarder)
+    client_server.add_generic_rpc_handlers((
+        generic_handler(KV, kv.handlers()),
+        generic_handler(MAINTENANCE, maintenance.handlers()),
+        generic_handler(CLUSTER, cluster.handlers()),
+    ))
+    peer_server.add_generic_rpc_handlers((forward_handler(gate, {
+        **kv.local,
+        "Alarm": maintenance.alarm,
+        "MemberList": cluster.local_member_list,
+    }),))
+    return forwarder

@@ -1,0 +1,66 @@
+"""aetcd (a maintained asyncio etcd v3 client from PyPI) against kvstore.
+
+aetcd registers its own copy of etcd's protos (package etcdserverpb); kvstore.etcdpb is
+in package kvstore.etcdpb, so both load in one process (checked here too)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.cluster_util import Cluster
+
+aetcd = pytest.importorskip("aetcd", reason="aetcd is not installed (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.integration
+
+
+def test_both_proto_sets_load_in_one_process() -> None:
+    from aetcd import rpc
+
+    from kvstore.etcdpb import rpc_pb2
+
+    assert rpc.RangeRequest.DESCRIPTOR.full_name == "etcdserverpb.RangeRequest"
+    assert rpc_pb2.RangeRequest.DESCRIPTOR.full_name == "kvstore.etcdpb.RangeRequest"
+    wire = rpc.PutRequest(key=b"k", value=b"v", prev_kv=True).SerializeToString()
+    assert rpc_pb2.PutRequest.FromString(wire).prev_kv
+
+
+async def test_aetcd_put_get_range_delete_txn(shared_cluster: Cluster) -> None:
+    leader = shared_cluster.leader()
+    # Every endpoint, the followers included (they forward writes to the leader).
+    for node in shared_cluster.ids:
+        host, port = shared_cluster.address(node).rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port), timeout=10) as client:
+            p = f"aetcd/{node}/".encode()
+            put = await client.put(p + b"a", b"1")
+            rev = put.header.revision
+            assert (await client.put(p + b"b", b"2")).header.revision == rev + 1
+            got = await client.get(p + b"a")
+            assert got is not None and got.value == b"1"
+            assert (got.create_revision, got.mod_revision, got.version) == (rev, rev, 1)
+            prev = await client.put(p + b"a", b"1b", prev_kv=True)
+            assert prev.prev_kv is not None and prev.prev_kv.value == b"1"
+            assert [kv.key for kv in await client.get_prefix(p)] == [p + b"a", p + b"b"]
+            desc = await client.get_prefix(p, sort_order="descend", sort_target="value")
+            assert [kv.value for kv in desc] == [b"2", b"1b"]
+            ranged = await client.get_range(p + b"a", p + b"b")
+            assert [kv.key for kv in ranged] == [p + b"a"]
+            t = client.transactions
+            ok, responses = await client.transaction(
+                compare=[t.value(p + b"a") == b"1b", t.version(p + b"a") == 2],
+                success=[t.put(p + b"c", b"3"), t.get(p + b"c")],
+                failure=[t.delete(p + b"a")])
+            assert ok
+            assert [kv.value for kv, _meta in responses[1]] == [b"3"]
+            ok, _ = await client.transaction(compare=[t.create(p + b"a") == 1],
+                                             success=[], failure=[t.put(p + b"d", b"4")])
+            assert not ok and (await client.get(p + b"d")).value == b"4"
+            deleted = await client.delete(p + b"d", prev_kv=True)
+            assert deleted is not None and deleted.deleted == 1
+            assert len(await client.delete_prefix(p)) == 3
+            assert await client.get(p + b"a") is None
+            status = await client.status()
+            assert status.version.startswith("3.5.")
+            members = [m async for m in client.members()]
+            assert sorted(m.name for m in members) == shared_cluster.ids
+    assert leader
