@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from kvstore.etcdpb import rpc_pb2
 from kvstore.v1 import raft_pb2
 
 
@@ -40,6 +41,11 @@ class ApplyResult:
         NOSPACE or CORRUPT); NOT applied and not recorded, so a retry after the alarm is
         cleared applies it (once).
         Not the application of a client write.
+    revision: the store revision right after this entry (client writes and compactions).
+    response: a client write's answer as the etcd Txn it was applied as (header unset);
+        None for duplicates (results are not kept in sessions) and refusals.
+    error: the write or compaction was refused by the data model (an
+        kvstore.state.mvcc.ERR_* message); nothing changed and ok is False.
     """
 
     index: int
@@ -53,6 +59,9 @@ class ApplyResult:
     registered: bool = False
     alarm: int = 0
     digest: str = ""
+    revision: int = 0
+    response: rpc_pb2.TxnResponse | None = None
+    error: str = ""
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
@@ -91,6 +100,24 @@ def encode_cas(
     cmd.cas.expect_absent = expected is None
     cmd.cas.expected = expected or b""
     cmd.cas.value = value
+    return cmd.SerializeToString()
+
+
+def encode_txn(client_id: bytes, seq: int, lowest_pending_seq: int,
+               txn: rpc_pb2.TxnRequest) -> bytes:
+    """Entry data for an etcd Txn (a Put or DeleteRange is sent as a Txn of one operation).
+    client_id b"": no session, as for every etcd client."""
+    cmd = _command(client_id, seq, lowest_pending_seq)
+    cmd.txn.CopyFrom(txn)
+    return cmd.SerializeToString()
+
+
+def encode_compact(revision: int, physical: bool = False) -> bytes:
+    """Entry data that compacts history below `revision` (applied synchronously, so
+    `physical` changes nothing; kept for the record)."""
+    cmd = raft_pb2.Command()
+    cmd.compact.revision = revision
+    cmd.compact.physical = physical
     return cmd.SerializeToString()
 
 

@@ -7,8 +7,13 @@ entries applied so far, never on time, randomness, or node identity, so replicas
 the same log hold byte-identical databases (compare them with `shard_digest`).
 
 Databases used (names are the LMDB named-db names):
-    shard-000 ... shard-NNN  user keys, routed by the consistent-hash ring
+    shard-000 ... shard-NNN  the key index, routed by the consistent-hash ring
+    mvcc, revs, khist        revisions and history (kvstore.state.mvcc)
     sessions                 exactly-once bookkeeping, one record per client
+
+Client writes are etcd's data model (kvstore.state.mvcc, kvstore.state.kv_ops): kvstore's
+put, delete and compare-and-swap are applied as the Txn they are equivalent to, so both APIs
+share one write path.
 
 Exactly-once (Raft thesis section 6.3). A client first registers a session: applying a
 register entry creates a session whose id is derived from the entry's index (`session_id`),
@@ -43,13 +48,17 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+import zlib
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, EntryType
-from kvstore.state import alarms
+from kvstore.state import alarms, kv_ops
 from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
+from kvstore.state.mvcc import KHIST_DB, MVCC_DB, REVS_DB, KeySpace, MvccError, Revisions
 from kvstore.state.ring import HashRing
 from kvstore.v1 import raft_pb2
 
@@ -57,13 +66,11 @@ SESSIONS_DB = "sessions"
 DEFAULT_MAX_SESSIONS = 100_000
 MAX_RESULTS_PER_SESSION = 1024
 
-# LMDB keys are at most 511 bytes. Longer user keys (and client ids) are stored under a
-# 32-byte hash, with the full key kept in the value and checked on read. A one-byte tag
-# keeps the two forms apart.
+# LMDB keys are at most 511 bytes. Longer client ids are stored under a 32-byte hash. A
+# one-byte tag keeps the two forms apart. (User keys: see kvstore.state.mvcc.ikey.)
 _MAX_INLINE_KEY = 400
 _TAG_INLINE = b"="
 _TAG_HASHED = b"#"
-_LONG_KEY_HEADER = struct.Struct(">I")
 
 # Keys inside the sessions db.
 _REC = b"c"  # _REC + session id -> encoded Session
@@ -97,6 +104,15 @@ class KVTxn(Protocol):
 
     def items(self, db: str) -> Iterator[tuple[bytes, bytes]]:
         """All (key, value) pairs of `db` in ascending key order."""
+        ...
+
+    def seek(self, db: str, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of `db` with key >= `start`, ascending. Do not write to `db`
+        while iterating."""
+        ...
+
+    def floor(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        """The pair with the largest key <= `key`, or None."""
         ...
 
 
@@ -142,6 +158,18 @@ class DictTxn:
         merged = self._merged(db)
         for key in sorted(merged):
             yield key, merged[key]
+
+    def seek(self, db: str, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        merged = self._merged(db)
+        keys = sorted(merged)
+        for key in keys[bisect_left(keys, start):]:
+            yield key, merged[key]
+
+    def floor(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        merged = self._merged(db)
+        keys = sorted(merged)
+        i = bisect_right(keys, key)
+        return None if i == 0 else (keys[i - 1], merged[keys[i - 1]])
 
     def commit(self) -> None:
         """Make the buffered writes visible in the underlying dicts."""
@@ -203,6 +231,7 @@ class _Batch:
     sessions: dict[bytes, Session | None] = field(default_factory=dict)
     dirty: set[bytes] = field(default_factory=set)
     refusing: int | None = None  # alarm type refusing puts; None: not looked up yet
+    revs: Revisions | None = None  # current/compacted revision, loaded at the first write
 
     def session(self, txn: KVTxn, sid: bytes) -> Session | None:
         if sid not in self.sessions:
@@ -226,11 +255,12 @@ class ShardedStateMachine:
         self.ring = HashRing(shards, vnodes)
         self.max_sessions = max_sessions
         self._shard_dbs = [shard_db_name(s) for s in range(shards)]
+        self.space = KeySpace(self._shard_dbs, self.ring.shard_for)
 
     @property
     def db_names(self) -> list[str]:
         """Every database the machine touches; the store must create them all."""
-        return [SESSIONS_DB, *self._shard_dbs]
+        return [SESSIONS_DB, MVCC_DB, REVS_DB, KHIST_DB, *self._shard_dbs]
 
     @property
     def shard_dbs(self) -> list[str]:
@@ -240,8 +270,22 @@ class ShardedStateMachine:
 
     def read(self, txn: KVTxn, key: bytes) -> bytes | None:
         """Current value of `key`, or None if absent."""
-        raw = txn.get(self._shard_dbs[self.ring.shard_for(key)], _storage_key(key))
-        return None if raw is None else self._unwrap(key, raw)
+        rec = self.space.current(txn, key)
+        return None if rec is None else rec.value
+
+    def range(self, txn: KVTxn, req: rpc_pb2.RangeRequest) -> tuple[rpc_pb2.RangeResponse, int]:
+        """(answer without header, current revision); raises MvccError."""
+        revs = Revisions(txn)
+        return kv_ops.range_(self.space, txn, revs, req), revs.current
+
+    def revisions(self, txn: KVTxn) -> tuple[int, int]:
+        """(current revision, compacted revision)."""
+        revs = Revisions(txn)
+        return revs.current, revs.compacted
+
+    def hash_kv(self, txn: KVTxn, revision: int) -> tuple[int, int, int]:
+        """(hash, compacted revision, revision hashed) as etcd's HashKV; raises MvccError."""
+        return self.space.hash_kv(txn, Revisions(txn), revision)
 
     def session(self, txn: KVTxn, client_id: bytes) -> Session | None:
         raw = txn.get(SESSIONS_DB, _REC + _storage_key(client_id))
@@ -251,17 +295,32 @@ class ShardedStateMachine:
         raw = txn.get(SESSIONS_DB, _COUNT)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
+    def hash_all(self, txn: KVTxn) -> int:
+        """crc32 over every database in name order (etcd's Maintenance.Hash)."""
+        crc = 0
+        for db in sorted(self.db_names):
+            for key, value in txn.items(db):
+                crc = zlib.crc32(value, zlib.crc32(key, crc))
+        return crc
+
     def state_digest(self, txn: KVTxn) -> str:
-        """One hash over every shard (what members compare to detect corruption)."""
+        """One hash over every shard and the history (what members compare to detect
+        corruption)."""
         h = hashlib.blake2b(digest_size=16)
         for s in range(len(self._shard_dbs)):
             h.update(self.shard_digest(txn, s).encode())
+        for db in (MVCC_DB, REVS_DB, KHIST_DB):
+            h.update(self._db_digest(txn, db).encode())
         return h.hexdigest()
 
     def shard_digest(self, txn: KVTxn, shard: int) -> str:
         """Hex digest of one shard's records in key order; equal on replicas in sync."""
+        return self._db_digest(txn, self._shard_dbs[shard])
+
+    @staticmethod
+    def _db_digest(txn: KVTxn, db: str) -> str:
         h = hashlib.blake2b(digest_size=16)
-        for key, value in txn.items(self._shard_dbs[shard]):
+        for key, value in txn.items(db):
             h.update(_U64.pack(len(key)))
             h.update(key)
             h.update(_U64.pack(len(value)))
@@ -288,6 +347,8 @@ class ShardedStateMachine:
             session = batch.sessions[sid]
             assert session is not None
             txn.put(SESSIONS_DB, _REC + sid, session.encode())
+        if batch.revs is not None:
+            batch.revs.flush(txn)
         return results
 
     def _apply_one(self, txn: KVTxn, entry: Entry, batch: _Batch) -> ApplyResult:
@@ -306,12 +367,23 @@ class ShardedStateMachine:
         if op == "alarm":
             batch.refusing = None  # alarms may change: look again at the next write
             return ApplyResult(entry.index, b"", 0, ok=alarms.apply(txn, cmd.alarm), stale=False)
+        if batch.revs is None:
+            batch.revs = Revisions(txn)
+        if op == "compact":
+            try:
+                self.space.compact(txn, batch.revs, cmd.compact.revision)
+            except MvccError as err:
+                return ApplyResult(entry.index, b"", 0, ok=False, stale=False,
+                                   revision=batch.revs.current, error=err.message)
+            return ApplyResult(entry.index, b"", 0, ok=True, stale=False,
+                               revision=batch.revs.current)
         cid, seq = cmd.client_id, cmd.seq
         if not cid:
-            refused = self._refused_by_alarm(txn, op, batch)
+            refused = self._refused_by_alarm(txn, cmd, batch)
             if refused:
-                return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
-            return ApplyResult(entry.index, cid, seq, ok=self._execute(txn, cmd), stale=False)
+                return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused,
+                                   revision=batch.revs.current)
+            return self._execute(txn, cmd, entry.index, batch.revs)
 
         sid = _storage_key(cid)
         session = batch.session(txn, sid)
@@ -321,20 +393,26 @@ class ShardedStateMachine:
             return ApplyResult(entry.index, cid, seq, ok=False, stale=False, expired=True)
         if seq in session.results:
             ok = session.results[seq]
-            return ApplyResult(entry.index, cid, seq, ok=ok, stale=False, duplicate=True)
+            return ApplyResult(entry.index, cid, seq, ok=ok, stale=False, duplicate=True,
+                               revision=batch.revs.current)
         if seq < session.lowest_pending_seq:
             return ApplyResult(entry.index, cid, seq, ok=False, stale=True)
 
-        refused = self._refused_by_alarm(txn, op, batch)
+        refused = self._refused_by_alarm(txn, cmd, batch)
         if refused:
-            return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused)
-        ok = self._execute(txn, cmd)
+            return ApplyResult(entry.index, cid, seq, ok=False, stale=False, alarm=refused,
+                               revision=batch.revs.current)
+        result = self._execute(txn, cmd, entry.index, batch.revs)
+        if result.error:
+            # Refused before anything changed (as etcd's applier does); not recorded, so
+            # a retry is judged afresh.
+            return result
         txn.delete(SESSIONS_DB, _LRU + _U64.pack(session.last_index))
-        self._record(session, seq, cmd.lowest_pending_seq, ok)
+        self._record(session, seq, cmd.lowest_pending_seq, result.ok)
         session.last_index = entry.index
         batch.dirty.add(sid)
         txn.put(SESSIONS_DB, _LRU + _U64.pack(entry.index), sid)
-        return ApplyResult(entry.index, cid, seq, ok=ok, stale=False)
+        return result
 
     def _register(self, txn: KVTxn, index: int, batch: _Batch) -> ApplyResult:
         """Create the session of the register entry at `index` (admitting it may evict
@@ -389,11 +467,12 @@ class ShardedStateMachine:
         return None
 
     @staticmethod
-    def _refused_by_alarm(txn: KVTxn, op: str | None, batch: _Batch) -> int:
+    def _refused_by_alarm(txn: KVTxn, cmd: raft_pb2.Command, batch: _Batch) -> int:
         """The alarm type that refuses this write (0: none). Deletes stay allowed: they are
         how an operator frees space under NOSPACE. Looked up once per batch (and again
         after an alarm entry), not once per write."""
-        if op not in ("put", "cas"):
+        op = cmd.WhichOneof("op")
+        if op not in ("put", "cas") and not (op == "txn" and kv_ops.has_put(cmd.txn)):
             return 0
         if batch.refusing is None:
             raised = alarms.active(txn) if alarms.writes_blocked(txn) else []
@@ -403,34 +482,54 @@ class ShardedStateMachine:
     def active_alarms(self, txn: KVTxn) -> list[alarms.Alarm]:
         return alarms.active(txn)
 
-    def _execute(self, txn: KVTxn, cmd: raft_pb2.Command) -> bool:
-        op = cmd.WhichOneof("op")
-        if op == "put":
-            self._put(txn, cmd.put.key, cmd.put.value)
-            return True
-        if op == "delete":
-            key = cmd.delete.key
-            return txn.delete(self._shard_dbs[self.ring.shard_for(key)], _storage_key(key))
-        assert op == "cas", op
-        cas = cmd.cas
-        current = self.read(txn, cas.key)
-        swap = current is None if cas.expect_absent else current == cas.expected
-        if swap:
-            self._put(txn, cas.key, cas.value)
-        return swap
+    def _execute(self, txn: KVTxn, cmd: raft_pb2.Command, index: int,
+                 revs: Revisions) -> ApplyResult:
+        """Apply a client write as the Txn it is (see the module docstring)."""
+        req, ok_of = as_txn(cmd)
+        cid, seq = cmd.client_id, cmd.seq
+        try:
+            resp = kv_ops.apply_txn(self.space, txn, revs, req)
+        except MvccError as err:
+            return ApplyResult(index, cid, seq, ok=False, stale=False, revision=revs.current,
+                               error=err.message)
+        return ApplyResult(index, cid, seq, ok=ok_of(resp), stale=False,
+                           revision=revs.current, response=resp)
 
-    def _put(self, txn: KVTxn, key: bytes, value: bytes) -> None:
-        skey = _storage_key(key)
-        if skey[:1] == _TAG_HASHED:
-            value = _LONG_KEY_HEADER.pack(len(key)) + key + value
-        txn.put(self._shard_dbs[self.ring.shard_for(key)], skey, value)
 
-    @staticmethod
-    def _unwrap(key: bytes, raw: bytes) -> bytes:
-        if len(key) <= _MAX_INLINE_KEY:
-            return raw
-        (n,) = _LONG_KEY_HEADER.unpack_from(raw)
-        start = _LONG_KEY_HEADER.size
-        if raw[start : start + n] != key:  # a 256-bit hash collision: not expected, ever
-            raise AssertionError("long-key hash collision in the state machine")
-        return raw[start + n :]
+def as_txn(cmd: raft_pb2.Command) -> tuple[rpc_pb2.TxnRequest,
+                                           Callable[[rpc_pb2.TxnResponse], bool]]:
+    """The Txn a client write is, and how to read its `ok` from the Txn's answer: put ->
+    True; delete -> the key existed; compare-and-swap -> it swapped; txn -> succeeded."""
+    op = cmd.WhichOneof("op")
+    if op == "txn":
+        return cmd.txn, _succeeded
+    req = rpc_pb2.TxnRequest()
+    if op == "put":
+        req.success.add().request_put.CopyFrom(
+            rpc_pb2.PutRequest(key=cmd.put.key, value=cmd.put.value))
+        return req, _always
+    if op == "delete":
+        req.success.add().request_delete_range.key = cmd.delete.key
+        return req, _deleted_any
+    assert op == "cas", op
+    cas = cmd.cas
+    if cas.expect_absent:
+        req.compare.add(key=cas.key, target=rpc_pb2.Compare.VERSION,
+                        result=rpc_pb2.Compare.EQUAL, version=0)
+    else:
+        req.compare.add(key=cas.key, target=rpc_pb2.Compare.VALUE,
+                        result=rpc_pb2.Compare.EQUAL, value=cas.expected)
+    req.success.add().request_put.CopyFrom(rpc_pb2.PutRequest(key=cas.key, value=cas.value))
+    return req, _succeeded
+
+
+def _succeeded(resp: rpc_pb2.TxnResponse) -> bool:
+    return resp.succeeded
+
+
+def _always(resp: rpc_pb2.TxnResponse) -> bool:
+    return True
+
+
+def _deleted_any(resp: rpc_pb2.TxnResponse) -> bool:
+    return resp.responses[0].response_delete_range.deleted > 0

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
@@ -47,7 +48,9 @@ from kvstore.storage.errors import (
 )
 from kvstore.storage.snapshot_state import dump_state, open_snapshot
 
-FORMAT_VERSION = 1
+# 2: keys carry revisions and history (kvstore.state.mvcc). A format-1 data dir is refused
+# with a clear message: there is no in-place upgrade.
+FORMAT_VERSION = 2
 MAX_SHARDS = 256
 DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's default --quota-backend-bytes
 MIN_HEADROOM_BYTES = 256 << 20
@@ -160,6 +163,23 @@ class _LmdbTxn:
 
     def items(self, db: str) -> Iterator[tuple[bytes, bytes]]:
         return iter(self._txn.cursor(db=self._dbs[db]))
+
+    def seek(self, db: str, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(start):
+            return iter(())
+        return cursor.iternext()
+
+    def floor(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if cursor.set_range(key):
+            if cursor.key() == key:
+                return cursor.item()
+            if not cursor.prev():
+                return None
+        elif not cursor.last():
+            return None
+        return cursor.item()
 
 
 def _lock_data_dir(path: str) -> int:
@@ -466,6 +486,30 @@ class LmdbNodeStore:
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
         applied = 0 if raw is None else _U64.unpack(raw)[0]
         return value is not None, value or b"", applied
+
+    def range(self, req: rpc_pb2.RangeRequest) -> tuple[rpc_pb2.RangeResponse, int, int]:
+        """(answer without header, store revision, applied index) from one consistent
+        snapshot; raises MvccError for a compacted or future revision."""
+        with self._env.begin() as txn:
+            resp, revision = self.machine.range(_LmdbTxn(txn, self._dbs), req)
+            raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
+        return resp, revision, 0 if raw is None else _U64.unpack(raw)[0]
+
+    def revisions(self) -> tuple[int, int]:
+        """(current revision, compacted revision) of the applied state."""
+        return self._read(self.machine.revisions)
+
+    def hash_kv(self, revision: int) -> tuple[int, int, int]:
+        """etcd's HashKV: (hash, compacted revision, revision hashed); raises MvccError."""
+        return self._read(lambda t: self.machine.hash_kv(t, revision))
+
+    def hash_all(self) -> int:
+        """etcd's Hash: a crc32 over every state-machine database, in one snapshot."""
+        return self._read(self.machine.hash_all)
+
+    def file_bytes(self) -> int:
+        """Size of the database file on disk (etcd's dbSize)."""
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
 
     def applied_index(self) -> int:
         return self._view.applied

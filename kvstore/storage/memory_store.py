@@ -15,6 +15,7 @@ import io
 import os
 from collections.abc import Sequence
 
+from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, HardState, SnapshotMeta
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
@@ -172,6 +173,26 @@ class MemoryNodeStore:
         """(found, value, applied index) as of the last completed write."""
         value = self.machine.read(DictTxn(self._dbs), key)
         return value is not None, value or b"", self._applied
+
+    def range(self, req: rpc_pb2.RangeRequest) -> tuple[rpc_pb2.RangeResponse, int, int]:
+        """As LmdbNodeStore.range."""
+        resp, revision = self.machine.range(DictTxn(self._dbs), req)
+        return resp, revision, self._applied
+
+    def revisions(self) -> tuple[int, int]:
+        return self.machine.revisions(DictTxn(self._dbs))
+
+    def hash_kv(self, revision: int) -> tuple[int, int, int]:
+        return self.machine.hash_kv(DictTxn(self._dbs), revision)
+
+    def hash_all(self) -> int:
+        return self.machine.hash_all(DictTxn(self._dbs))
+
+    def file_bytes(self) -> int:
+        return self.size_bytes()
+
+    def defragment(self) -> None:
+        """Nothing to reclaim in memory."""
 
     def applied_index(self) -> int:
         return self._applied

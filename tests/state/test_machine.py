@@ -296,7 +296,8 @@ def test_sessions_created_by_earlier_versions_keep_working() -> None:
         return sm.apply(txn, Entry(term=1, index=index, data=data))
 
     assert apply(3, encode_put(old_a, 1, 1, b"k", b"v1")).duplicate
-    assert apply(4, encode_put(old_a, 2, 1, b"k", b"v2")) == ApplyResult(4, old_a, 2, True, False)
+    res = apply(4, encode_put(old_a, 2, 1, b"k", b"v2"))
+    assert (res.index, res.client_id, res.seq, res.ok, res.stale) == (4, old_a, 2, True, False)
     assert sm.read(txn, b"k") == b"v2"
     assert apply(5, encode_register()).registered  # fills the table
     assert apply(6, encode_register()).registered  # evicts old_b, the least recently used
@@ -434,7 +435,8 @@ def test_machine_directly_over_dict_txn() -> None:
     assert sm.apply(txn, Entry(term=1, index=1, data=encode_register())).registered
     a = session_id(1)
     res = sm.apply(txn, Entry(term=1, index=2, data=encode_put(a, 1, 0, b"k", b"v")))
-    assert res == ApplyResult(2, a, 1, ok=True, stale=False)
+    assert (res.index, res.client_id, res.seq, res.ok, res.stale) == (2, a, 1, True, False)
+    assert res.revision == 2 and res.response is not None  # the first write: revision 2
     assert sm.read(txn, b"k") == b"v"
     txn.commit()
     assert sm.read(DictTxn(dbs), b"k") == b"v"
