@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -225,6 +227,10 @@ class LmdbNodeStore:
         self._view = view
         self._write_lock = threading.Lock()
         self._closed = False
+        # Readers in, unless a defragmentation is swapping the environment (see _reading).
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._swapping = False
 
     @classmethod
     def open(
@@ -257,23 +263,9 @@ class LmdbNodeStore:
         lock_fd = _lock_data_dir(spath)
         env: lmdb.Environment | None = None
         try:
-            env = lmdb.open(
-                spath,
-                map_size=map_size_for(quota_bytes, data_bytes),
-                max_dbs=MAX_SHARDS + 8,
-                max_readers=MAX_READERS,
-                subdir=True,
-                sync=True,
-                metasync=True,
-                lock=True,
-            )
             machine = ShardedStateMachine(shards, vnodes, max_sessions)
-            with env.begin(write=True) as txn:
-                meta = env.open_db(_META_DB.encode(), txn=txn, create=True)
-                _check_layout(txn, meta, spath, shards, vnodes)
-                dbs = {_META_DB: meta}
-                for name in [_LOG_DB, *machine.db_names]:
-                    dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+            env, dbs = _open_env(spath, map_size_for(quota_bytes, data_bytes), machine,
+                                 (shards, vnodes))
             view = _scan(env, dbs, spath)
             return cls(spath, env, dbs, machine, lock_fd, view)
         except BaseException as exc:
@@ -303,7 +295,7 @@ class LmdbNodeStore:
             raise StorageError(
                 f"log entry {index} is not in the log ({view.first_index}..{view.last_index})"
             )
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             return self._read_entry(txn, index).term
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
@@ -315,7 +307,7 @@ class LmdbNodeStore:
         out: list[Entry] = []
         if lo == hi:
             return out
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             cursor = txn.cursor(db=self._dbs[_LOG_DB])
             if not cursor.set_key(_log_key(lo)):
                 raise StorageError(f"log entry {lo} is missing in {self.path}")
@@ -419,14 +411,14 @@ class LmdbNodeStore:
 
     def log_bytes(self) -> int:
         """Bytes of LMDB pages holding the log (a measure of its on-disk size)."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             st = txn.stat(self._dbs[_LOG_DB])
         return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
     def write_snapshot(self, path: str) -> SnapshotMeta:
         """Write the state machine as of its applied index to `path`, from one read
         transaction (writers carry on meanwhile). Returns what it covers."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
             applied = 0 if raw is None else _U64.unpack(raw)[0]
             raw_c = txn.get(_COMPACTED, db=self._dbs[_META_DB])
@@ -481,7 +473,7 @@ class LmdbNodeStore:
 
     def get(self, key: bytes) -> tuple[bool, bytes, int]:
         """(found, value, applied index), all from one consistent snapshot."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             value = self.machine.read(_LmdbTxn(txn, self._dbs), key)
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
         applied = 0 if raw is None else _U64.unpack(raw)[0]
@@ -490,7 +482,7 @@ class LmdbNodeStore:
     def range(self, req: rpc_pb2.RangeRequest) -> tuple[rpc_pb2.RangeResponse, int, int]:
         """(answer without header, store revision, applied index) from one consistent
         snapshot; raises MvccError for a compacted or future revision."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             resp, revision = self.machine.range(_LmdbTxn(txn, self._dbs), req)
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
         return resp, revision, 0 if raw is None else _U64.unpack(raw)[0]
@@ -506,6 +498,46 @@ class LmdbNodeStore:
     def hash_all(self) -> int:
         """etcd's Hash: a crc32 over every state-machine database, in one snapshot."""
         return self._read(self.machine.hash_all)
+
+    @contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; waits while defragment() swaps the environment."""
+        with self._gate:
+            while self._swapping:
+                self._gate.wait()
+            self._readers += 1
+        try:
+            with self._env.begin() as txn:
+                yield txn
+        finally:
+            with self._gate:
+                self._readers -= 1
+                self._gate.notify_all()
+
+    def defragment(self) -> None:
+        """etcd's defrag for LMDB: write a compacting copy of the environment (free pages
+        dropped, pages packed), then swap it in. Writes and reads wait meanwhile, as they
+        do on an etcd member being defragmented; the copy is made before anything is
+        replaced, so a crash mid-way leaves the old file in place."""
+        with self._write_lock:
+            with self._gate:
+                self._swapping = True
+                while self._readers:
+                    self._gate.wait()
+            try:
+                tmp = os.path.join(self.path, "defrag.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+                self._env.copy(tmp, compact=True)
+                map_size = self._env.info()["map_size"]
+                self._env.close()
+                os.replace(os.path.join(tmp, "data.mdb"), os.path.join(self.path, "data.mdb"))
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._env, self._dbs = _open_env(self.path, map_size, self.machine)
+            finally:
+                with self._gate:
+                    self._swapping = False
+                    self._gate.notify_all()
 
     def file_bytes(self) -> int:
         """Size of the database file on disk (etcd's dbSize)."""
@@ -524,7 +556,7 @@ class LmdbNodeStore:
         (`--quota-backend-bytes`) is checked against. Unlike the file size it goes down
         when keys are deleted and the log is compacted, so a NOSPACE alarm can be cleared
         after freeing space (etcd needs a defragmentation for that)."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             stats = [txn.stat(db) for db in self._dbs.values()]
         return sum((st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
                    for st in stats)
@@ -545,14 +577,14 @@ class LmdbNodeStore:
 
     def digest(self) -> tuple[int, list[str]]:
         """(applied index, shard digests) from one consistent snapshot."""
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
             t = _LmdbTxn(txn, self._dbs)
             digests = [self.machine.shard_digest(t, s) for s in range(self.shards)]
         return (0 if raw is None else _U64.unpack(raw)[0]), digests
 
     def _read(self, fn: Callable[[_LmdbTxn], T]) -> T:
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             return fn(_LmdbTxn(txn, self._dbs))
 
     def close(self) -> None:
@@ -569,6 +601,26 @@ class LmdbNodeStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_env(path: str, map_size: int, machine: ShardedStateMachine,
+              layout: tuple[int, int] | None = None) -> tuple[lmdb.Environment, dict[str, Any]]:
+    """Open the environment and every named database (checking the recorded layout when
+    `layout` = (shards, vnodes) is given)."""
+    env = lmdb.open(path, map_size=map_size, max_dbs=MAX_SHARDS + 8,
+                    max_readers=MAX_READERS, subdir=True, sync=True, metasync=True, lock=True)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(_META_DB.encode(), txn=txn, create=True)
+            if layout is not None:
+                _check_layout(txn, meta, path, *layout)
+            dbs = {_META_DB: meta}
+            for name in [_LOG_DB, *machine.db_names]:
+                dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+    except BaseException:
+        env.close()
+        raise
+    return env, dbs
 
 
 def _check_layout(txn: lmdb.Transaction, meta: Any, path: str, shards: int, vnodes: int) -> None:
