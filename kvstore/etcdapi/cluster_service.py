@@ -21,7 +21,7 @@ from kvstore.client import parse_endpoint
 from kvstore.etcdapi.common import EtcdNode
 from kvstore.etcdapi.forward import Forwarder, client_handler
 from kvstore.etcdpb import rpc_pb2 as pb
-from kvstore.server.kv_rules import RequestError
+from kvstore.server.request_error import RequestError
 
 ASK_PEER_SECONDS = 1.0
 

@@ -19,8 +19,10 @@ import grpc
 from kvstore.etcdapi.members import MemberBook, cluster_id_of, member_id
 from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.raft.errors import NotLeader
-from kvstore.server.kv_rules import KVRules, RequestError
+from kvstore.server import mvcc_requests
+from kvstore.server.kv_rules import KVRules
 from kvstore.server.node import NodeDriver
+from kvstore.server.request_error import RequestError
 from kvstore.server.runtime import AlarmRefused, LeadershipLost
 
 T = TypeVar("T")
@@ -121,6 +123,17 @@ def failure(err: BaseException) -> RequestError:
     if isinstance(err, AlarmRefused):
         return KVRules.alarm_refusal(err.alarm_type)
     raise err
+
+
+def mvcc_failure(message: str) -> RequestError:
+    """etcd's status for a data-model refusal (MvccError, ApplyResult.error). The code is
+    mvcc_requests'; the message gets the "etcdserver: " prefix etcd puts on its mvcc
+    errors on the wire ("etcdserver: mvcc: required revision has been compacted"), which
+    etcd clients match (clientv3's rpctypes.ErrCompacted)."""
+    err = mvcc_requests.mvcc_status(message)
+    if err.message.startswith("mvcc: "):
+        err = RequestError(err.code, f"etcdserver: {err.message}", err.metadata)
+    return err
 
 
 async def abort(context: grpc.aio.ServicerContext, err: RequestError) -> None:

@@ -39,11 +39,22 @@ from kvstore.etcdapi.common import (
 from kvstore.etcdapi.methods import FORWARD_SERVICE, SERVICES, generic_handler, path
 from kvstore.raft.errors import NotLeader
 from kvstore.server.identity import PeerGate, Refused
-from kvstore.server.kv_rules import RequestError
+from kvstore.server.request_error import RequestError
 from kvstore.server.transport import open_channel
 
 # A method run for a forwarded request: raises RequestError or NotLeader.
 Local = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+# A forwarded call ends this much before the client's deadline, so that the client gets
+# etcd's "request timed out" from us rather than its own DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_SECONDS = 0.1
+
+
+def forward_timeout(remaining: float | None) -> float:
+    if remaining is None:
+        return DEFAULT_WAIT_SECONDS
+    return max(remaining - DEADLINE_MARGIN_SECONDS, remaining / 2, 0.0)
 
 
 class Forwarder:
@@ -78,9 +89,11 @@ class Forwarder:
         if not node_id or node_id not in self.peers:
             raise unavailable(ERR_NO_LEADER)
         try:
+            # wait_for_ready: a channel still (re)connecting to the leader waits within the
+            # deadline instead of failing at once; nothing is sent twice.
             return await self._call(node_id, method)(
-                request, timeout=DEFAULT_WAIT_SECONDS if timeout is None else max(timeout, 0.0),
-                metadata=self.metadata)
+                request, timeout=forward_timeout(timeout), metadata=self.metadata,
+                wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:

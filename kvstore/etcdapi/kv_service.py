@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from kvstore.etcdapi.common import EtcdNode
+from kvstore.etcdapi.common import EtcdNode, mvcc_failure
 from kvstore.etcdapi.forward import Forwarder, Local, client_handler
 from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.server import mvcc_requests as mr
@@ -71,7 +71,7 @@ class EtcdKVService:
         try:
             resp, revision, _applied = await node.read(node.store.range, req)
         except MvccError as err:
-            raise mr.mvcc_status(err.message) from None
+            raise mvcc_failure(err.message) from None
         resp.header.CopyFrom(node.header(revision))
         return resp
 
@@ -105,7 +105,7 @@ class EtcdKVService:
         result = await node.wait(
             node.driver.propose(commands.encode_compact(req.revision, req.physical)), context)
         if result.error:
-            raise mr.mvcc_status(result.error)
+            raise mvcc_failure(result.error)
         return pb.CompactionResponse(header=node.header(result.revision))
 
     async def _propose_txn(self, txn: pb.TxnRequest,
@@ -117,7 +117,7 @@ class EtcdKVService:
         result = await node.wait(
             node.driver.propose(commands.encode_txn(b"", 0, 0, txn)), context)
         if result.error:
-            raise mr.mvcc_status(result.error)
+            raise mvcc_failure(result.error)
         resp = pb.TxnResponse()
         if result.response is not None:
             resp.CopyFrom(result.response)

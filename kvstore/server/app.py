@@ -1,8 +1,9 @@
 """Process entry point of one node: open storage, start gRPC, run the driver until SIGTERM.
 
-A node listens on two ports: the client port (--listen: the KV service, with the client
-TLS settings) and the peer port (--listen-peer: Raft streams, InstallSnapshot and the
-Admin service, with mutual peer TLS when configured). See README "Security".
+A node listens on two ports: the client port (--listen: the KV service and etcd's v3 API,
+with the client TLS settings) and the peer port (--listen-peer: Raft streams,
+InstallSnapshot, the Admin service and the etcd API's forwarding of followers' requests to
+the leader, with mutual peer TLS when configured). See README "Security".
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 import grpc
 
+from kvstore.etcdapi.server import add_etcd_api
 from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
 from kvstore.server.hash_checker import HashChecker
@@ -109,7 +111,8 @@ async def _serve(config: NodeConfig) -> None:
     )
     transport.on_drop = driver.report_unreachable
     # Two servers, so that what is served on each port is decided by construction: the
-    # client port has the KV service only; the peer port Raft and the Admin service.
+    # client port has the KV services (kvstore's and etcd's); the peer port Raft, the Admin
+    # service and the etcd API's forwarding to the leader.
     client_server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(
         KVService(config, driver, store, gate.client_address_of), client_server)
@@ -124,6 +127,8 @@ async def _serve(config: NodeConfig) -> None:
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(config.node_id, store, transport, config.fault_injection,
                      hash_at=driver.runtime.hash_checks.get), peer_server)
+    forwarder = add_etcd_api(client_server, peer_server, config, cluster_id, driver, store,
+                             gate, peer_channel_creds)
     try:
         _bind(client_server, config.listen, client_creds, "--listen")
         _bind(peer_server, config.listen_peer, peer_creds, "--listen-peer")
@@ -163,6 +168,7 @@ async def _serve(config: NodeConfig) -> None:
         await driver_task
     stop_task.cancel()
     await asyncio.gather(client_server.stop(grace=0.5), peer_server.stop(grace=0.5))
+    await forwarder.close()
     await transport.stop()
     store.close()
     if failure is not None:

@@ -51,13 +51,13 @@ async def test_aetcd_put_get_range_delete_txn(shared_cluster: Cluster) -> None:
                 success=[t.put(p + b"c", b"3"), t.get(p + b"c")],
                 failure=[t.delete(p + b"a")])
             assert ok
-            assert [kv.value for kv, _meta in responses[1]] == [b"3"]
+            assert [value for value, _kv in responses[1]] == [b"3"]
             ok, _ = await client.transaction(compare=[t.create(p + b"a") == 1],
                                              success=[], failure=[t.put(p + b"d", b"4")])
             assert not ok and (await client.get(p + b"d")).value == b"4"
             deleted = await client.delete(p + b"d", prev_kv=True)
             assert deleted is not None and deleted.deleted == 1
-            assert len(await client.delete_prefix(p)) == 3
+            assert (await client.delete_prefix(p)).deleted == 3
             assert await client.get(p + b"a") is None
             status = await client.status()
             assert status.version.startswith("3.5.")

@@ -15,7 +15,7 @@ from kvstore.etcdapi.methods import KV, generic_handler, stub
 from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.raft.errors import NotLeader
 from kvstore.server.identity import PeerGate
-from kvstore.server.kv_rules import RequestError
+from kvstore.server.request_error import RequestError
 
 CLUSTER = "c1"
 
@@ -83,7 +83,7 @@ async def test_follower_relays_the_leaders_answer_as_its_own(setup: Setup) -> No
 async def _error(address: str, method: str, request: Any) -> grpc.aio.AioRpcError:
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await getattr(stub(channel, KV), method)(request, timeout=5)
+            await getattr(stub(channel, KV), method)(request, timeout=2)
     return err.value
 
 
@@ -100,6 +100,8 @@ async def test_no_leader(setup: Setup) -> None:
 
 
 async def test_unreachable_leader_times_out(setup: Setup) -> None:
+    """The forward waits for the leader within the client's deadline (a leader restarting
+    may be back in time), then answers etcd's timeout before the client's own."""
     await setup.servers[0].stop(0)
     err = await _error(setup.follower, "Put", pb.PutRequest(key=b"k"))
     assert (err.code(), err.details()) == (grpc.StatusCode.UNAVAILABLE,
