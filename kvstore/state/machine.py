@@ -309,6 +309,12 @@ class ShardedStateMachine:
         h = hashlib.blake2b(digest_size=16)
         for s in range(len(self._shard_dbs)):
             h.update(self.shard_digest(txn, s).encode())
+        h.update(self.history_digest(txn).encode())
+        return h.hexdigest()
+
+    def history_digest(self, txn: KVTxn) -> str:
+        """Hex digest of the revisions and history (equal on replicas in sync)."""
+        h = hashlib.blake2b(digest_size=16)
         for db in (MVCC_DB, REVS_DB, KHIST_DB):
             h.update(self._db_digest(txn, db).encode())
         return h.hexdigest()

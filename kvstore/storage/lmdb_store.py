@@ -575,6 +575,12 @@ class LmdbNodeStore:
         """
         return self._read(lambda t: [self.machine.shard_digest(t, s) for s in range(self.shards)])
 
+    def state_digests(self) -> list[str]:
+        """Shard digests plus the digest of revisions and history, from one snapshot."""
+        return self._read(lambda t: [*(self.machine.shard_digest(t, s)
+                                       for s in range(self.shards)),
+                                     self.machine.history_digest(t)])
+
     def digest(self) -> tuple[int, list[str]]:
         """(applied index, shard digests) from one consistent snapshot."""
         with self._reading() as txn:

@@ -216,6 +216,11 @@ class MemoryNodeStore:
         txn = DictTxn(self._dbs)
         return [self.machine.shard_digest(txn, s) for s in range(self.shards)]
 
+    def state_digests(self) -> list[str]:
+        """Shard digests plus the digest of revisions and history."""
+        txn = DictTxn(self._dbs)
+        return [*self.shard_digests(), self.machine.history_digest(txn)]
+
     def digest(self) -> tuple[int, list[str]]:
         """(applied index, shard digests), as LmdbNodeStore.digest."""
         return self._applied, self.shard_digests()

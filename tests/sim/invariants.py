@@ -149,7 +149,7 @@ class Invariants:
             by_index = {e.index: e for e in rd.committed}
             for r in results:
                 self._applied(node_id, by_index[r.index], r)
-        if rd.snapshot is not None and store.shard_digests() != self._oracle_digests(applied):
+        if rd.snapshot is not None and store.state_digests() != self._oracle_digests(applied):
             # (entries after the snapshot may have been applied in the same write)
             raise Violation("State Machine Safety", (
                 f"{node_id} installed a snapshot at {rd.snapshot.meta.index}; its state at "
@@ -177,14 +177,14 @@ class Invariants:
         return MemoryNodeStore(shards=4, vnodes=16, max_sessions=self.max_sessions)
 
     def _oracle_digests(self, index: int) -> list[str]:
-        """Shard digests after applying the agreed log up to `index` to a fresh store."""
+        """Shard and history digests after applying the agreed log up to `index` afresh."""
         if self._oracle.applied_index() > index:
             self._oracle = self._new_oracle()
         start = self._oracle.applied_index()
         entries = [e for e, _ in self.applied[start:index]]
         if entries:
             self._oracle.persist_and_apply(None, entries, entries)
-        return self._oracle.shard_digests()
+        return self._oracle.state_digests()
 
     def on_wipe(self, node_id: str) -> None:
         """The node's data dir was replaced by an empty one (resync): it forgets its log,
@@ -453,13 +453,14 @@ class Invariants:
         applied = {n: s.applied_index() for n, s in stores.items()}
         if len(set(applied.values())) != 1:
             raise Violation("Convergence", f"applied indexes differ after settling: {applied}")
-        digests = {n: s.shard_digests() for n, s in stores.items()}
+        digests = {n: s.state_digests() for n, s in stores.items()}
         ref = digests[ids[0]]
         for n in ids[1:]:
             if digests[n] != ref:
                 bad = [i for i, (x, y) in enumerate(zip(ref, digests[n], strict=True)) if x != y]
                 raise Violation("Convergence", (
-                    f"{n} and {ids[0]} applied up to {applied[n]} but shards {bad} differ"))
+                    f"{n} and {ids[0]} applied up to {applied[n]} but shards {bad} differ "
+                    f"(the last is revisions and history)"))
 
     def check_writes(
         self, acked: list[tuple[bytes, int, str]], failed: list[tuple[bytes, int, str]]
