@@ -197,9 +197,10 @@ class TxnResult:
     revision after it (the txn's own revision if it changed anything).
 
     ``duplicate``: the call was retried after an attempt the cluster had already applied
-    (e.g. across a failover). The cluster applies a write id once and remembers only that
-    it did, not what it answered, so a duplicate reports ``succeeded=True`` with no
-    responses even if the compares had failed; read the keys again to see the outcome.
+    (e.g. across a failover). The cluster applies a write id once and remembers which
+    branch it took, not what its operations answered, so a duplicate reports the right
+    ``succeeded`` with no responses, and ``revision`` is the store's current one; read the
+    keys again if the responses matter.
     """
 
     succeeded: bool

@@ -4,6 +4,12 @@ answer, and map every outcome to one gRPC status code.
 The gRPC service (kv_service.KVService, asyncio) and the simulator's service (tests/sim)
 both call these, so a client sees the same status codes, messages and leader hints from
 both, and the simulator's clients make the decisions real clients make.
+
+Range, Txn and Compact carry etcd's own messages and are the same commands and the same
+read path as etcd's KV service (kvstore.etcdapi): validation and etcd's errors come from
+kvstore.server.mvcc_requests, writes are commands.encode_txn/encode_compact, reads are
+store.range. What is native is only the envelope: the write id that makes a Txn exactly
+once, the stale flag, and kvstore's header. Get is a Range of one key.
 """
 
 from __future__ import annotations
@@ -14,31 +20,25 @@ from typing import Any
 
 import grpc
 
+from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.errors import NotLeader
+from kvstore.server import mvcc_requests
+from kvstore.server.request_error import RequestError
 from kvstore.server.runtime import AlarmRefused, LeadershipLost, SessionExpired, StaleRequest
-from kvstore.state import commands
+from kvstore.state import commands, kv_ops
 from kvstore.state.alarms import MAX_MEMBER_BYTES, NOSPACE, TYPE_NAMES, Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.v1 import kv_pb2
 
 MAX_BATCH_OPS = 10_000
 MAX_CLIENT_ID_BYTES = 64  # session ids are b"s" + 8 bytes; room for older client-chosen ids
-METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession", "Alarm")
+METHODS = ("Put", "Get", "Delete", "CompareAndSwap", "RegisterSession", "Alarm", "Range", "Txn",
+           "Compact")
 ALARM_TYPES = {name: t for t, name in TYPE_NAMES.items()}
-OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap"}
+OP_METHOD = {"put": "Put", "get": "Get", "delete": "Delete", "cas": "CompareAndSwap",
+             "range": "Range", "txn": "Txn"}
 LEADER_ID_KEY = "kvstore-leader-id"
 LEADER_ADDRESS_KEY = "kvstore-leader-address"
-
-
-class RequestError(Exception):
-    """A request ends with this gRPC status (and trailing metadata)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.metadata = metadata
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class Operation:
     write: bytes | None = None  # the encoded command of a write
     key: bytes = b""  # a read's key
     linearizable: bool = True  # a read: wait for a ReadIndex point first
+    # A read as the store serves it (Get: a Range of its one key); None for writes.
+    range: rpc_pb2.RangeRequest | None = None
+    # A write that may store a value (a put, a CAS, a Txn with a put in either branch):
+    # what a raised alarm refuses up front.
+    stores: bool = False
     # Alarm: the AlarmOp entries a DEACTIVATE proposes, one per type, in order (empty for
     # GET). Not `write`: they answer with the alarms left, not one ApplyResult, and a
     # disarm must not be refused by the very alarm it clears.
@@ -80,9 +85,15 @@ class KVRules:
             return Operation(method, commands.encode_register())
         if method == "Alarm":
             return self._prepare_alarm(request)
+        if method in ("Range", "Txn", "Compact"):
+            return self._prepare_mvcc(method, request)
         self._check_key(request.key)
         if method == "Get":
-            return Operation(method, key=request.key, linearizable=not request.stale)
+            read = rpc_pb2.RangeRequest(key=request.key, revision=request.revision)
+            if request.revision:
+                mvcc_requests.check_range(read, self.max_key_bytes)
+            return Operation(method, key=request.key, linearizable=not request.stale,
+                             range=read)
         if method == "Delete":
             cid, seq, low = self._write_id(request)
             return Operation(method, commands.encode_delete(cid, seq, low, request.key))
@@ -90,13 +101,32 @@ class KVRules:
         cid, seq, low = self._write_id(request)
         if method == "Put":
             return Operation(method, commands.encode_put(cid, seq, low, request.key,
-                                                         request.value))
+                                                         request.value), stores=True)
         if method == "CompareAndSwap":
             self._check_value(request.expected)
             expected = None if request.expect_absent else request.expected
             return Operation(method, commands.encode_cas(cid, seq, low, request.key, expected,
-                                                         request.value))
+                                                         request.value), stores=True)
         raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+
+    def _prepare_mvcc(self, method: str, request: Any) -> Operation:
+        """Range, Txn, Compact: etcd's checks (and messages) on etcd's messages, then the
+        very commands the etcd service proposes; a Txn also carries the client's write id,
+        which is what makes it exactly once."""
+        mr = mvcc_requests
+        if method == "Range":
+            mr.check_range(request.range, self.max_key_bytes)
+            stale = request.stale or request.range.serializable
+            return Operation(method, key=request.range.key, linearizable=not stale,
+                             range=request.range)
+        if method == "Txn":
+            mr.check_txn(request.txn, self.max_key_bytes, self.max_value_bytes)
+            cid, seq, low = self._write_id(request)
+            return Operation(method, commands.encode_txn(cid, seq, low, request.txn),
+                             stores=kv_ops.has_put(request.txn))
+        mr.check_compact(rpc_pb2.CompactionRequest(revision=request.revision,
+                                                   physical=request.physical))
+        return Operation(method, commands.encode_compact(request.revision, request.physical))
 
     @staticmethod
     def _prepare_alarm(request: kv_pb2.AlarmRequest) -> Operation:
@@ -176,14 +206,32 @@ class KVRules:
     # -- answers -------------------------------------------------------------------------
 
     @staticmethod
-    def header(node_id: str, applied: int, leader: str, term: int) -> kv_pb2.ResponseHeader:
+    def header(node_id: str, applied: int, leader: str, term: int,
+               revision: int = 0) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(node_id=node_id, applied_index=applied, leader_id=leader,
-                                     term=term)
+                                     term=term, revision=revision)
 
     @staticmethod
     def write_response(method: str, result: ApplyResult, header: kv_pb2.ResponseHeader) -> Any:
+        """The answer to an applied write; raises RequestError (etcd's status) when the data
+        model refused it (nothing changed). The header's revision is the store revision
+        right after the write."""
+        if result.error:
+            raise mvcc_requests.mvcc_status(result.error)
+        header.revision = result.revision
         if method == "RegisterSession":
             return kv_pb2.RegisterSessionResponse(header=header, client_id=result.client_id)
+        if method == "Txn":
+            # A duplicate (a retry of an applied write id) has no responses: sessions keep
+            # which branch a write took, not what it answered.
+            answer = rpc_pb2.TxnResponse()
+            if result.response is not None:
+                answer.CopyFrom(result.response)
+            answer.succeeded = result.ok
+            return kv_pb2.TxnResponse(header=header, result=answer,
+                                      duplicate=result.duplicate)
+        if method == "Compact":
+            return kv_pb2.CompactResponse(header=header)
         if method == "Put":
             return kv_pb2.PutResponse(header=header)
         if method == "Delete":
@@ -198,6 +246,24 @@ class KVRules:
     @staticmethod
     def read_response(found: bool, value: bytes, header: kv_pb2.ResponseHeader) -> Any:
         return kv_pb2.GetResponse(header=header, found=found, value=value)
+
+    @staticmethod
+    def range_response(method: str, result: rpc_pb2.RangeResponse,
+                       header: kv_pb2.ResponseHeader) -> Any:
+        """A Range's answer, or a Get's (the one key of its Range, with its revisions)."""
+        if method == "Range":
+            return kv_pb2.RangeResponse(header=header, result=result)
+        if not result.kvs:
+            return kv_pb2.GetResponse(header=header, found=False)
+        kv = result.kvs[0]
+        return kv_pb2.GetResponse(header=header, found=True, value=kv.value,
+                                  create_revision=kv.create_revision,
+                                  mod_revision=kv.mod_revision, version=kv.version)
+
+    @staticmethod
+    def mvcc_failure(message: str) -> RequestError:
+        """etcd's status for an MvccError of a read (compacted or future revision)."""
+        return mvcc_requests.mvcc_status(message)
 
     @staticmethod
     def op_result(method: str | None, outcome: Any) -> kv_pb2.OpResult:
@@ -226,10 +292,13 @@ class KVRules:
                                 "etcdserver: mvcc: database space exceeded")
         return RequestError(grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
 
-    def check_alarms(self, method: str, raised: list[Alarm]) -> None:
-        """Refuse a put or compare-and-swap up front while an alarm is raised, rather than
-        growing the log with entries that will be refused when applied."""
-        if raised and method in ("Put", "CompareAndSwap"):
+    def check_alarms(self, method: str, raised: list[Alarm],
+                     op: Operation | None = None) -> None:
+        """Refuse a put, compare-and-swap or Txn that stores a value up front while an alarm
+        is raised, rather than growing the log with entries that will be refused when
+        applied (deletes and reads go on, so space can be freed)."""
+        stores = op.stores if op is not None else method in ("Put", "CompareAndSwap")
+        if raised and stores:
             raise self.alarm_refusal(raised[0].type)
 
     def not_leader(self, leader: str) -> RequestError:

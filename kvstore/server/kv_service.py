@@ -2,7 +2,8 @@
 
 Validation, command encoding, answers and the status-code mapping live in KVRules, which
 the simulator's service uses too; this shell only waits: for a write's future, or for a
-ReadIndex point before reading the store.
+ReadIndex point before reading the store. Every read (Get, Range) is a store.range, the
+read path of etcd's KV service too, so both faces answer from the same snapshot logic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 from kvstore.server.config import NodeConfig
 from kvstore.server.kv_rules import KVRules, Operation, RequestError
 from kvstore.server.node import NodeDriver
+from kvstore.state.mvcc import MvccError
 from kvstore.v1 import kv_pb2, kv_pb2_grpc
 
 T = TypeVar("T")
@@ -45,10 +47,10 @@ class KVService(kv_pb2_grpc.KVServicer):
     def _own_address_only(self, node_id: str) -> str:
         return self.cfg.client_address if node_id == self.cfg.node_id else ""
 
-    def _header(self, applied: int | None = None) -> kv_pb2.ResponseHeader:
+    def _header(self, applied: int | None = None, revision: int = 0) -> kv_pb2.ResponseHeader:
         rt = self.driver.runtime
         return KVRules.header(self.cfg.node_id, rt.applied_index if applied is None else applied,
-                              rt.leader, rt.term)
+                              rt.leader, rt.term, revision)
 
     async def _wait(self, fut: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
         remaining = context.time_remaining()
@@ -64,15 +66,27 @@ class KVService(kv_pb2_grpc.KVServicer):
         if method == "Alarm":
             return await self._alarm(op, context)
         if op.write is not None:
-            self.rules.check_alarms(method, self.store.alarms())
+            self.rules.check_alarms(method, self.store.alarms(), op)
             result = await self._wait(self.driver.propose(op.write), context)
             return self.rules.write_response(method, result, self._header())
         if op.linearizable:
             await self._wait(self.driver.read_index(), context)
         else:
             self.rules.check_local_read(self.driver.runtime.resyncing)
-        found, value, applied = self.store.get(op.key)
-        return self.rules.read_response(found, value, self._header(applied))
+        assert op.range is not None
+        try:
+            if method == "Get":
+                # One key: cheap enough for the event loop (and most calls are these).
+                result, revision, applied = self.store.range(op.range)
+            else:
+                # A range may cover many keys (it counts them all even with a limit): read
+                # in a worker thread so the loop keeps serving Raft. LMDB read transactions
+                # are per thread.
+                result, revision, applied = await asyncio.to_thread(self.store.range,
+                                                                    op.range)
+        except MvccError as err:
+            raise self.rules.mvcc_failure(err.message) from None
+        return self.rules.range_response(method, result, self._header(applied, revision))
 
     async def _alarm(self, op: Operation, context) -> Any:
         """A disarm goes through the log like a write (only the leader proposes); a GET
@@ -111,6 +125,15 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     async def Alarm(self, request, context):  # noqa: N802
         return await self._unary("Alarm", request, context)
+
+    async def Range(self, request, context):  # noqa: N802
+        return await self._unary("Range", request, context)
+
+    async def Txn(self, request, context):  # noqa: N802
+        return await self._unary("Txn", request, context)
+
+    async def Compact(self, request, context):  # noqa: N802
+        return await self._unary("Compact", request, context)
 
     async def Batch(self, request, context):  # noqa: N802
         try:
