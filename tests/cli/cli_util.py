@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,9 +19,11 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60.0
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60.0,
+    input: str | None = None,  # noqa: A002 - subprocess.run's name
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m kvstore.cli ARGS...` (works whether or not kvstore is installed)."""
+    """Run `python -m kvstore.cli ARGS...` (works whether or not kvstore is installed);
+    ``input`` is written to its stdin (else stdin is empty)."""
     return subprocess.run(
         [sys.executable, "-m", "kvstore.cli", *args],
         cwd=cwd,
@@ -27,6 +31,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=input if input is not None else "",
     )
 
 
@@ -50,3 +55,28 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     for needle in needles:
         assert needle in lines[0], (needle, err)
     return lines[0]
+
+
+@contextmanager
+def running_cluster(directory: Path, cwd: Path) -> Iterator[Any]:
+    """A 3-node `kvstore cluster up` cluster (tests/integration's helpers) with an elected
+    leader, stopped on exit whatever happened (its node logs printed if the block failed);
+    fails if a node process survives the teardown."""
+    from tests.integration.cluster_util import (
+        Cluster,
+        start_local_cluster,
+        stop_local_cluster,
+    )
+
+    cluster: Cluster | None = None
+    try:
+        cluster = start_local_cluster(directory, cwd, 3)
+        cluster.leader()
+        yield cluster
+    except BaseException:
+        if cluster is not None:
+            print(f"\nnode logs of {directory}:\n{cluster.log_tails()}")
+        raise
+    finally:
+        leftovers = stop_local_cluster(cluster or Cluster(directory, 0, 3, cwd))
+        assert not leftovers, f"node processes survived teardown: {leftovers}"
