@@ -22,6 +22,9 @@ def test_etcdctl_answers_match_real_etcd(needs_etcdctl: None, start_cluster: Any
         pytest.skip(NO_ETCD)
     with real_etcd(tmp_path / "etcd-data") as address:
         expected = run_sequence([address])
+    # The reference itself must be meaningful: etcd answered, and some steps fail as meant.
+    assert expected[0] == {"cmd": "put a 1", "rc": 0, "out": "OK", "err": []}, expected[0]
+    assert sum(r["rc"] != 0 for r in expected) == 4, expected
     cluster = start_cluster(3)
     actual = run_sequence(cluster.endpoints)
     diffs = [
