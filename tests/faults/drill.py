@@ -55,6 +55,7 @@ class DrillConfig:
     tail: float = 1.5  # clients keep going this long after everything is healed
     settle_timeout: float = 60.0  # heal, elect, read every key, converge: each this long
     settings: dict[str, Any] = field(default_factory=dict)  # extra cluster settings
+    api: str = "native"  # "etcd": the clients speak etcd's v3 API (tests/faults/etcd_client)
 
     def command(self) -> str:
         """The soak command line that repeats this run."""
@@ -64,6 +65,7 @@ class DrillConfig:
             f"--kinds {','.join(self.kinds)} --clients {self.clients} --keys {self.keys} "
             f"--op-timeout {self.op_timeout:g} --attempt-timeout {self.attempt_timeout:g}"
             + (" --overlap" if self.overlap else "")
+            + (f" --api {self.api}" if self.api != "native" else "")
             + "".join(
                 f" --{key.replace('_', '-')} {value}"
                 for key, value in self.settings.items()
@@ -236,6 +238,7 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
             recorder=recorder,
             op_timeout=config.op_timeout,
             attempt_timeout=config.attempt_timeout,
+            api=config.api,
         )
         workload.start()
         nemesis = Nemesis(cluster, schedule, sink=event)

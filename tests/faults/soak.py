@@ -54,6 +54,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="let process faults and partitions overlap in time (two lanes)",
     )
+    p.add_argument("--api", choices=("native", "etcd"), default="native",
+                   help="the API the clients speak (default native; etcd: etcd's v3 KV)")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     p.add_argument("--keys", type=int, default=4, help="keys (default 4)")
     p.add_argument(
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             kinds=args.kind_list,
             overlap=args.overlap,
+            api=args.api,
             clients=args.clients,
             keys=args.keys,
             op_timeout=op_timeout,

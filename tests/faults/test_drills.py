@@ -110,6 +110,21 @@ CASES = [
             settings=SNAPSHOTS_OFTEN,
         ),
     ),
+    # The same guarantees through etcd's v3 API (Range, Put, DeleteRange, Txn): followers
+    # forward to the leader, writes carry no write id (at-least-once, as with etcd).
+    Case(
+        "etcd-api-3",
+        DrillConfig(
+            nodes=3,
+            seconds=18,
+            seed=3,
+            kinds=("kill", "isolate", "pause"),
+            op_timeout=1.5,
+            attempt_timeout=0.75,
+            settings=SNAPSHOTS_OFTEN,
+            api="etcd",
+        ),
+    ),
 ]
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from kvstore.client import KVClient, KVError
 from kvstore.lincheck import HistoryRecorder, Operation, Status
+from tests.faults.etcd_client import EtcdApiClient
 
 # Operation mix: linearizable reads, puts, compare-and-swaps, deletes; the rest stale reads.
 MIX: tuple[tuple[str, float], ...] = (
@@ -72,7 +73,11 @@ class Workload:
         recorder: HistoryRecorder,
         op_timeout: float,
         attempt_timeout: float,
+        api: str = "native",
     ) -> None:
+        if api not in ("native", "etcd"):
+            raise ValueError(f"api must be native or etcd, got {api!r}")
+        self.api = api
         self.endpoints = list(endpoints)
         self.seed = seed
         self.keys = [f"k{i}" for i in range(keys)]
@@ -108,14 +113,16 @@ class Workload:
         rng = random.Random(f"client-{self.seed}-{i}")
         kinds = [k for k, _ in MIX]
         weights = [w for _, w in MIX]
-        client = KVClient(
+        # kvstore's own client, or one speaking etcd's API (tests/faults/etcd_client.py).
+        make = KVClient if self.api == "native" else EtcdApiClient
+        client = make(
             self.endpoints,
             timeout=self.op_timeout,
             attempt_timeout=self.attempt_timeout,
             rng=random.Random(rng.random()),
         )
         # One client per node for stale reads (a stale read goes to the first endpoint).
-        stale = {ep: KVClient([ep], timeout=1.0, attempt_timeout=1.0) for ep in self.endpoints}
+        stale = {ep: make([ep], timeout=1.0, attempt_timeout=1.0) for ep in self.endpoints}
         generation = 0
         seq = 0
         known: dict[str, str | None] = {}  # last value this client saw per key
@@ -141,7 +148,7 @@ class Workload:
 
     def _one(
         self,
-        client: KVClient,
+        client: KVClient | EtcdApiClient,
         process: str,
         kind: str,
         key: str,
@@ -196,7 +203,7 @@ class Workload:
             self.stats.count(f"{kind}:{status.value}")
         return status
 
-    def _stale_read(self, client: KVClient, key: str) -> None:
+    def _stale_read(self, client: KVClient | EtcdApiClient, key: str) -> None:
         call = self.recorder.clock()  # the history's clock, so the two can be compared
         try:
             result = client.get_result(key, stale=True)
