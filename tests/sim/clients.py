@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from kvstore.client._core import CONTINUE, Backoff, Call, ClientCore, GetResult, RpcFailure
+from kvstore.client._mvcc_ops import compact_op, range_op
 from kvstore.client.batching import (
     BatchFailure,
     Coalescer,
@@ -38,6 +39,7 @@ from kvstore.client.batching import (
     to_op,
 )
 from kvstore.client.errors import KVError
+from kvstore.client.ranges import range_request
 from kvstore.lincheck import Handle, HistoryRecorder
 from tests.sim.invariants import session_name
 from tests.sim.service import SimService, endpoint_of
@@ -86,16 +88,20 @@ class ClientLedger:
     unknown: int = 0
     failed: int = 0
     expired_retries: int = 0  # write ids given up (and resent in a new session) on NOT_FOUND
+    revision: int = 0  # the highest store revision a read has reported (compactions aim below)
 
 
 @dataclass
 class _Pending:
     desc: str
-    kind: str  # "put" | "delete" | "cas" | "get" | "stale"
+    kind: str  # "put" | "delete" | "cas" | "get" | "stale" | "range" | "compact"
     key: bytes
     call: Call[Any]
     handle: Handle | None
     value: bytes | None = None
+    # A range over every workload key: one read per key in the history, all over the
+    # range's interval (a snapshot read implies each of them is linearizable there).
+    reads: dict[bytes, Handle] | None = None
 
 
 @dataclass
@@ -205,6 +211,7 @@ class _Lane:
         self.name = name
         self.world = client.world
         self.rng = client.rng
+        self.mvcc_rng = random.Random(f"mvcc-{self.world.seed}-{name}")
         self.ledger = client.ledger
         self.workload = client.workload
         self._n = 0
@@ -246,6 +253,13 @@ class _Lane:
             kind = self.rng.choices(("put", "delete", "cas", "get", "stale"),
                                     self.workload.mix)[0]
             key = self.rng.choice(self.workload.keys)
+            # Ranges and compactions come from their own stream, so that the main one (and
+            # every seed's schedule) is what it was before they existed.
+            roll = self.mvcc_rng.random()
+            if kind == "get" and roll < 0.3:
+                kind = "range"
+            elif kind == "delete" and roll < 0.2 and self.ledger.revision > 2:
+                kind = "compact"
         self._begin(kind, key)
 
     def _begin(self, kind: str, key: bytes) -> None:
@@ -272,6 +286,15 @@ class _Lane:
             handle = rec.invoke(self.name, key, "read")
             op = core.get(key)
             desc = f"get {key.decode()}"
+        elif kind == "range":
+            keys = sorted(self.workload.keys)
+            reads = {k: rec.invoke(self.name, k, "read") for k in keys}
+            op = range_op(core, range_request(keys[0], range_end=keys[-1] + b"\0"))
+            desc = f"range {keys[0].decode()}..{keys[-1].decode()}"
+        elif kind == "compact":
+            upto = max(1, self.ledger.revision - self.mvcc_rng.randint(0, 6))
+            op = compact_op(upto)
+            desc = f"compact {upto}"
         else:
             node = self.rng.choice(self.client.node_ids)
             op = dataclasses.replace(core.get(key, stale=True), pinned=endpoint_of(node))
@@ -279,7 +302,8 @@ class _Lane:
         call = core.start(op, now)
         if call.write_id is not None:
             desc += f" (seq {call.write_id.seq})"
-        self._pending = _Pending(desc, kind, key, call, handle, value)
+        self._pending = _Pending(desc, kind, key, call, handle, value,
+                                 reads if kind == "range" else None)
         self.world.log(f"{self.name} invoke {desc}")
         self._next_step()
 
@@ -371,6 +395,16 @@ class _Lane:
             led.history.ok(p.handle, result.value)
             seen.append(result.value)
             out = f"{_show(result.value)} @{result.node}/{result.applied_index}"
+            led.revision = max(led.revision, result.revision)
+        elif p.kind == "range":
+            assert p.reads is not None
+            values = {kv.key: kv.value for kv in result.kvs}
+            for k, h in p.reads.items():
+                led.history.ok(h, values.get(k))
+            out = f"{len(values)} keys @rev {result.revision}/{result.applied_index}"
+            led.revision = max(led.revision, result.revision)
+        elif p.kind == "compact":
+            out = f"ok (revision {result})"
         else:
             assert p.handle is not None
             led.history.ok(p.handle, result)
@@ -389,7 +423,12 @@ class _Lane:
         led.completed += 1
         wid = p.call.write_id
         self._record_retired(p)
-        if p.handle is not None:
+        if p.reads is not None:
+            for h in p.reads.values():
+                led.history.fail(h)  # a failed read changed nothing
+            led.failed += 1
+            verdict = "FAIL"
+        elif p.handle is not None:
             if wid is not None and err.maybe_applied:
                 led.history.unknown(p.handle)
                 led.unknown += 1

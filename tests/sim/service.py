@@ -22,6 +22,7 @@ import grpc
 from kvstore.client._core import RpcFailure
 from kvstore.server.kv_rules import KVRules, RequestError
 from kvstore.server.runtime import LeadershipLost
+from kvstore.state.mvcc import MvccError
 from kvstore.v1 import kv_pb2
 from tests.sim.invariants import Invariants
 from tests.sim.node import ConnectionLost, Promise, SimNode
@@ -147,7 +148,7 @@ class SimService:
             return
         if op.write is not None:
             try:
-                rules.check_alarms(method, node.disk.store.alarms())
+                rules.check_alarms(method, node.disk.store.alarms(), op)
             except RequestError as err:
                 done(err)
                 return
@@ -156,8 +157,12 @@ class SimService:
                 err = fut.error()
                 if err is not None:
                     done(self._failure(rules, err))
-                else:
-                    done(rules.write_response(method, fut.result(), self._header(node)))
+                    return
+                try:  # (the data model may have refused it: a compaction's retry, say)
+                    answer = rules.write_response(method, fut.result(), self._header(node))
+                except RequestError as refused:
+                    answer = refused
+                done(answer)
 
             node.propose(op.write).add_done_callback(written)
             return
@@ -171,14 +176,22 @@ class SimService:
             if err is not None:
                 done(self._failure(rules, err))
                 return
-            found, value, applied = node.disk.store.get(op.key)
+            assert op.range is not None
+            try:
+                result, revision, applied = node.disk.store.range(op.range)
+            except MvccError as mvcc_err:
+                done(rules.mvcc_failure(mvcc_err.message))
+                return
             if op.linearizable and self.invariants is not None:
                 self.invariants.check_linearizable_read(node.id, floor, applied)
-            if not op.linearizable:
+            if not op.linearizable and method == "Get":
                 # A wiped node starts its history over: reads are monotonic per data dir.
                 who = node.id if not node.disk.wipes else f"{node.id}/wipe{node.disk.wipes}"
-                self.stale_served.append((who, op.key, value if found else None, applied))
-            done(rules.read_response(found, value, self._header(node, applied)))
+                value = result.kvs[0].value if result.kvs else None
+                self.stale_served.append((who, op.range.key, value, applied))
+            header = self._header(node, applied)
+            header.revision = revision
+            done(rules.range_response(method, result, header))
 
         if op.linearizable:
             node.read_index().add_done_callback(read)
