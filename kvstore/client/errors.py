@@ -137,8 +137,8 @@ class Timeout(KVError):
 
 class Compacted(KVError):
     """A read at, or a compaction to, a revision whose history a compaction has already
-    removed ("mvcc: required revision has been compacted"): definitely NOT applied. Never
-    retried: read at a later revision (or the latest, revision 0).
+    removed ("etcdserver: mvcc: required revision has been compacted"): definitely NOT
+    applied. Never retried: read at a later revision (or the latest, revision 0).
 
     A compaction that the client retried after an attempt the cluster had applied also ends
     here (the second attempt finds the history gone); ``maybe_applied`` then says so.

@@ -126,14 +126,9 @@ def failure(err: BaseException) -> RequestError:
 
 
 def mvcc_failure(message: str) -> RequestError:
-    """etcd's status for a data-model refusal (MvccError, ApplyResult.error). The code is
-    mvcc_requests'; the message gets the "etcdserver: " prefix etcd puts on its mvcc
-    errors on the wire ("etcdserver: mvcc: required revision has been compacted"), which
-    etcd clients match (clientv3's rpctypes.ErrCompacted)."""
-    err = mvcc_requests.mvcc_status(message)
-    if err.message.startswith("mvcc: "):
-        err = RequestError(err.code, f"etcdserver: {err.message}", err.metadata)
-    return err
+    """etcd's status for a data-model refusal (MvccError, ApplyResult.error), the same as
+    kvstore's own API answers (mvcc_requests.mvcc_status)."""
+    return mvcc_requests.mvcc_status(message)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: RequestError) -> None:

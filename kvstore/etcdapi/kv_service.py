@@ -28,17 +28,8 @@ from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.server import mvcc_requests as mr
 from kvstore.server.kv_rules import KVRules
 from kvstore.state import commands
+from kvstore.state.kv_ops import has_put
 from kvstore.state.mvcc import MvccError
-
-
-def has_put(txn: pb.TxnRequest) -> bool:
-    """Whether a Txn may write a value (either branch, nested Txns included): what an
-    alarm refuses up front, as etcd refuses such a Txn under NOSPACE."""
-    for op in (*txn.success, *txn.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_put" or (kind == "request_txn" and has_put(op.request_txn)):
-            return True
-    return False
 
 
 class EtcdKVService:

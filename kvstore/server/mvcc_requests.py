@@ -43,8 +43,14 @@ def _invalid(message: str) -> RequestError:
 
 
 def mvcc_status(message: str) -> RequestError:
-    """The status etcd answers a data-model refusal (MvccError, ApplyResult.error) with."""
-    return RequestError(_MVCC_CODES.get(message, grpc.StatusCode.UNKNOWN), message)
+    """The status etcd answers a data-model refusal (MvccError, ApplyResult.error) with,
+    in etcd's wire form: its mvcc errors get the "etcdserver: " prefix ("etcdserver: mvcc:
+    required revision has been compacted"), which etcd clients match (clientv3's
+    rpctypes.ErrCompacted). Both APIs answer the same text."""
+    code = _MVCC_CODES.get(message, grpc.StatusCode.UNKNOWN)
+    if message.startswith("mvcc: "):
+        message = f"etcdserver: {message}"
+    return RequestError(code, message)
 
 
 def _check_key(key: bytes, max_key_bytes: int) -> None:

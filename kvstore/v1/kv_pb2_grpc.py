@@ -33,7 +33,7 @@ class KVStub:
     INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
     e.g. "etcdserver: too many operations in txn request"); nothing
     was proposed.
-    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    OUT_OF_RANGE         "etcdserver: mvcc: required revision has been compacted" / "... is a future
     revision": a read at, or a compaction to, a revision the store
     cannot serve; nothing changed.
     NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);
@@ -121,7 +121,7 @@ class KVServicer:
     INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
     e.g. "etcdserver: too many operations in txn request"); nothing
     was proposed.
-    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    OUT_OF_RANGE         "etcdserver: mvcc: required revision has been compacted" / "... is a future
     revision": a read at, or a compaction to, a revision the store
     cannot serve; nothing changed.
     NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);
@@ -278,7 +278,7 @@ class KV:
     INVALID_ARGUMENT     bad key or value (or a request etcd refuses, with etcd's message,
     e.g. "etcdserver: too many operations in txn request"); nothing
     was proposed.
-    OUT_OF_RANGE         "mvcc: required revision has been compacted" / "... is a future
+    OUT_OF_RANGE         "etcdserver: mvcc: required revision has been compacted" / "... is a future
     revision": a read at, or a compaction to, a revision the store
     cannot serve; nothing changed.
     NOT_FOUND            "etcdserver: requested lease not found" (a put naming a lease);

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from kvstore.client._core import CONTINUE, Backoff, Call, ClientCore, GetResult, RpcFailure
-from kvstore.client._mvcc_ops import compact_op, range_op
+from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
 from kvstore.client.batching import (
     BatchFailure,
     Coalescer,
@@ -40,6 +40,7 @@ from kvstore.client.batching import (
 )
 from kvstore.client.errors import KVError
 from kvstore.client.ranges import range_request
+from kvstore.client.txn import Op
 from kvstore.lincheck import Handle, HistoryRecorder
 from tests.sim.invariants import session_name
 from tests.sim.service import SimService, endpoint_of
@@ -102,6 +103,9 @@ class _Pending:
     # A range over every workload key: one read per key in the history, all over the
     # range's interval (a snapshot read implies each of them is linearizable there).
     reads: dict[bytes, Handle] | None = None
+    # A Txn putting one value into several keys at one revision: one write per key in the
+    # history, all over the Txn's interval.
+    writes: dict[bytes, Handle] | None = None
 
 
 @dataclass
@@ -258,6 +262,8 @@ class _Lane:
             roll = self.mvcc_rng.random()
             if kind == "get" and roll < 0.3:
                 kind = "range"
+            elif kind == "put" and roll < 0.25:
+                kind = "mput"
             elif kind == "delete" and roll < 0.2 and self.ledger.revision > 2:
                 kind = "compact"
         self._begin(kind, key)
@@ -286,6 +292,12 @@ class _Lane:
             handle = rec.invoke(self.name, key, "read")
             op = core.get(key)
             desc = f"get {key.decode()}"
+        elif kind == "mput":
+            value = f"{self.name}.{self._n}".encode()
+            keys = sorted({key, self.mvcc_rng.choice(self.workload.keys)})
+            writes = {k: rec.invoke(self.name, k, "write", value=value) for k in keys}
+            op = txn_op(success=[Op.put(k, value) for k in keys])
+            desc = f"txn put {','.join(k.decode() for k in keys)}={value.decode()}"
         elif kind == "range":
             keys = sorted(self.workload.keys)
             reads = {k: rec.invoke(self.name, k, "read") for k in keys}
@@ -303,7 +315,8 @@ class _Lane:
         if call.write_id is not None:
             desc += f" (seq {call.write_id.seq})"
         self._pending = _Pending(desc, kind, key, call, handle, value,
-                                 reads if kind == "range" else None)
+                                 reads if kind == "range" else None,
+                                 writes if kind == "mput" else None)
         self.world.log(f"{self.name} invoke {desc}")
         self._next_step()
 
@@ -405,6 +418,12 @@ class _Lane:
             led.revision = max(led.revision, result.revision)
         elif p.kind == "compact":
             out = f"ok (revision {result})"
+        elif p.kind == "mput":
+            assert p.writes is not None
+            for k, h in p.writes.items():
+                led.history.ok(h)
+                led.last_values.setdefault(k, []).append(p.value)
+            out = f"ok @rev {result.revision}" + (" (duplicate)" if result.duplicate else "")
         else:
             assert p.handle is not None
             led.history.ok(p.handle, result)
@@ -428,6 +447,18 @@ class _Lane:
                 led.history.fail(h)  # a failed read changed nothing
             led.failed += 1
             verdict = "FAIL"
+        elif p.writes is not None:
+            unknown = wid is not None and err.maybe_applied
+            for h in p.writes.values():
+                (led.history.unknown if unknown else led.history.fail)(h)
+            if unknown:
+                led.unknown += 1
+                verdict = "UNKNOWN"
+            else:
+                led.failed += 1
+                verdict = "FAIL"
+                if wid is not None:
+                    led.failed_writes.append((wid.client_id, wid.seq, p.desc))
         elif p.handle is not None:
             if wid is not None and err.maybe_applied:
                 led.history.unknown(p.handle)

@@ -530,13 +530,32 @@ class Invariants:
             except CommandDecodeError:
                 continue
             op = cmd.WhichOneof("op")
-            if op not in ("put", "delete", "cas"):
+            if op in ("put", "delete", "cas"):
+                keys = [getattr(cmd, op).key]
+            elif op == "txn":
+                keys = _txn_keys(cmd.txn)
+            else:
                 continue  # sessions, alarms, hash checks, compactions: no key changes
-            key = getattr(cmd, op).key
-            found, value, _ = oracle.get(key)
-            points, values = timeline.setdefault(key, ([], []))
-            now = value if found else None
-            if not values or values[-1] != now:
-                points.append(entry.index)
-                values.append(now)
+            for key in keys:
+                found, value, _ = oracle.get(key)
+                points, values = timeline.setdefault(key, ([], []))
+                now = value if found else None
+                if not values or values[-1] != now:
+                    points.append(entry.index)
+                    values.append(now)
         return timeline
+
+
+def _txn_keys(txn) -> list[bytes]:  # noqa: ANN001 - an etcd TxnRequest
+    """Every key a Txn may write (the simulator's clients delete single keys only)."""
+    keys: list[bytes] = []
+    for op in [*txn.success, *txn.failure]:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            keys.append(op.request_put.key)
+        elif kind == "request_delete_range":
+            assert not op.request_delete_range.range_end, "ranged deletes are not tracked"
+            keys.append(op.request_delete_range.key)
+        elif kind == "request_txn":
+            keys.extend(_txn_keys(op.request_txn))
+    return keys
