@@ -66,8 +66,12 @@ def test_put_get_delete_via_cli(cluster: Cluster) -> None:
 def test_get_json(cluster: Cluster) -> None:
     cluster.ok("put", "jk", "jv")
     doc = json.loads(cluster.ok("get", "jk", "--json"))
-    assert set(doc) == {"key", "value", "found", "node", "applied_index"}
+    # The contract's fields, plus the key's revisions and the store revision read at.
+    assert set(doc) == {"key", "value", "found", "node", "applied_index", "create_revision",
+                        "mod_revision", "version", "revision"}
     assert (doc["key"], doc["value"], doc["found"]) == ("jk", "jv", True)
+    assert doc["create_revision"] == doc["mod_revision"] <= doc["revision"]
+    assert doc["version"] == 1
     assert doc["node"] in cluster.ids and doc["applied_index"] >= 1
     missing = cluster.cli("get", "nope", "--json")
     assert missing.returncode == 1
