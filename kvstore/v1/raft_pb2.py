@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from kvstore.etcdpb import rpc_pb2 as kvstore_dot_etcdpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kvstore/v1/raft.proto\x12\nkvstore.v1\x1a\x18kvstore/etcdpb/rpc.proto\"W\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.kvstore.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8a\x02\n\x07Message\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kvstore.v1.MessageType\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\"\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x11.kvstore.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x11\n\thint_term\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x04\x12\x12\n\nrebuilding\x18\r \x01(\x08\"5\n\x0cMessageBatch\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.kvstore.v1.Message\"\x0b\n\tStreamAck\"9\n\rSnapshotChunk\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\r\n\x0bSnapshotAck\"\x99\x03\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1a\n\x12lowest_pending_seq\x18\x03 \x01(\x04\x12 \n\x03put\x18\x04 \x01(\x0b\x32\x11.kvstore.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x05 \x01(\x0b\x32\x14.kvstore.v1.DeleteOpH\x00\x12 \n\x03\x63\x61s\x18\x06 \x01(\x0b\x32\x11.kvstore.v1.CasOpH\x00\x12*\n\x08register\x18\x07 \x01(\x0b\x32\x16.kvstore.v1.RegisterOpH\x00\x12$\n\x05\x61larm\x18\x08 \x01(\x0b\x32\x13.kvstore.v1.AlarmOpH\x00\x12-\n\nhash_check\x18\t \x01(\x0b\x32\x17.kvstore.v1.HashCheckOpH\x00\x12)\n\x03txn\x18\n \x01(\x0b\x32\x1a.kvstore.etcdpb.TxnRequestH\x00\x12\x34\n\x07\x63ompact\x18\x0b \x01(\x0b\x32!.kvstore.etcdpb.CompactionRequestH\x00\x42\x04\n\x02op\"\r\n\x0bHashCheckOp\"\x0c\n\nRegisterOp\"\xc1\x01\n\x07\x41larmOp\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.kvstore.v1.AlarmOp.Action\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.kvstore.v1.AlarmOp.Type\x12\x0e\n\x06member\x18\x03 \x01(\t\"&\n\x06\x41\x63tion\x12\x0c\n\x08\x41\x43TIVATE\x10\x00\x12\x0e\n\nDEACTIVATE\x10\x01\"*\n\x04Type\x12\x08\n\x04NONE\x10\x00\x12\x0b\n\x07NOSPACE\x10\x01\x12\x0b\n\x07\x43ORRUPT\x10\x02\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"L\n\x05\x43\x61sOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\"\x1b\n\rCommandResult\x12\n\n\x02ok\x18\x01 \x01(\x08*-\n\tEntryType\x12\x10\n\x0c\x45NTRY_NORMAL\x10\x00\x12\x0e\n\nENTRY_NOOP\x10\x01*\xc0\x01\n\x0bMessageType\x12\x0f\n\x0bMSG_UNKNOWN\x10\x00\x12\x0b\n\x07MSG_APP\x10\x01\x12\x10\n\x0cMSG_APP_RESP\x10\x02\x12\x0c\n\x08MSG_VOTE\x10\x03\x12\x11\n\rMSG_VOTE_RESP\x10\x04\x12\x10\n\x0cMSG_PRE_VOTE\x10\x05\x12\x15\n\x11MSG_PRE_VOTE_RESP\x10\x06\x12\x11\n\rMSG_HEARTBEAT\x10\x07\x12\x16\n\x12MSG_HEARTBEAT_RESP\x10\x08\x12\x0c\n\x08MSG_SNAP\x10\t2\x90\x01\n\x08RaftPeer\x12;\n\x06Stream\x12\x18.kvstore.v1.MessageBatch\x1a\x15.kvstore.v1.StreamAck(\x01\x12G\n\x0fInstallSnapshot\x12\x19.kvstore.v1.SnapshotChunk\x1a\x17.kvstore.v1.SnapshotAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kvstore/v1/raft.proto\x12\nkvstore.v1\x1a\x18kvstore/etcdpb/rpc.proto\"W\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.kvstore.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8a\x02\n\x07Message\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kvstore.v1.MessageType\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\"\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x11.kvstore.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x11\n\thint_term\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x04\x12\x12\n\nrebuilding\x18\r \x01(\x08\"5\n\x0cMessageBatch\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.kvstore.v1.Message\"\x0b\n\tStreamAck\"9\n\rSnapshotChunk\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\r\n\x0bSnapshotAck\"\x8f\x04\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1a\n\x12lowest_pending_seq\x18\x03 \x01(\x04\x12 \n\x03put\x18\x04 \x01(\x0b\x32\x11.kvstore.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x05 \x01(\x0b\x32\x14.kvstore.v1.DeleteOpH\x00\x12 \n\x03\x63\x61s\x18\x06 \x01(\x0b\x32\x11.kvstore.v1.CasOpH\x00\x12*\n\x08register\x18\x07 \x01(\x0b\x32\x16.kvstore.v1.RegisterOpH\x00\x12$\n\x05\x61larm\x18\x08 \x01(\x0b\x32\x13.kvstore.v1.AlarmOpH\x00\x12-\n\nhash_check\x18\t \x01(\x0b\x32\x17.kvstore.v1.HashCheckOpH\x00\x12)\n\x03txn\x18\n \x01(\x0b\x32\x1a.kvstore.etcdpb.TxnRequestH\x00\x12\x34\n\x07\x63ompact\x18\x0b \x01(\x0b\x32!.kvstore.etcdpb.CompactionRequestH\x00\x12\x38\n\x0blease_grant\x18\x0c \x01(\x0b\x32!.kvstore.etcdpb.LeaseGrantRequestH\x00\x12:\n\x0clease_revoke\x18\r \x01(\x0b\x32\".kvstore.etcdpb.LeaseRevokeRequestH\x00\x42\x04\n\x02op\"\r\n\x0bHashCheckOp\"\x0c\n\nRegisterOp\"\xc1\x01\n\x07\x41larmOp\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.kvstore.v1.AlarmOp.Action\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.kvstore.v1.AlarmOp.Type\x12\x0e\n\x06member\x18\x03 \x01(\t\"&\n\x06\x41\x63tion\x12\x0c\n\x08\x41\x43TIVATE\x10\x00\x12\x0e\n\nDEACTIVATE\x10\x01\"*\n\x04Type\x12\x08\n\x04NONE\x10\x00\x12\x0b\n\x07NOSPACE\x10\x01\x12\x0b\n\x07\x43ORRUPT\x10\x02\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"L\n\x05\x43\x61sOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\"\x1b\n\rCommandResult\x12\n\n\x02ok\x18\x01 \x01(\x08*-\n\tEntryType\x12\x10\n\x0c\x45NTRY_NORMAL\x10\x00\x12\x0e\n\nENTRY_NOOP\x10\x01*\xc0\x01\n\x0bMessageType\x12\x0f\n\x0bMSG_UNKNOWN\x10\x00\x12\x0b\n\x07MSG_APP\x10\x01\x12\x10\n\x0cMSG_APP_RESP\x10\x02\x12\x0c\n\x08MSG_VOTE\x10\x03\x12\x11\n\rMSG_VOTE_RESP\x10\x04\x12\x10\n\x0cMSG_PRE_VOTE\x10\x05\x12\x15\n\x11MSG_PRE_VOTE_RESP\x10\x06\x12\x11\n\rMSG_HEARTBEAT\x10\x07\x12\x16\n\x12MSG_HEARTBEAT_RESP\x10\x08\x12\x0c\n\x08MSG_SNAP\x10\t2\x90\x01\n\x08RaftPeer\x12;\n\x06Stream\x12\x18.kvstore.v1.MessageBatch\x1a\x15.kvstore.v1.StreamAck(\x01\x12G\n\x0fInstallSnapshot\x12\x19.kvstore.v1.SnapshotChunk\x1a\x17.kvstore.v1.SnapshotAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYTYPE']._serialized_start=1369
-  _globals['_ENTRYTYPE']._serialized_end=1414
-  _globals['_MESSAGETYPE']._serialized_start=1417
-  _globals['_MESSAGETYPE']._serialized_end=1609
+  _globals['_ENTRYTYPE']._serialized_start=1487
+  _globals['_ENTRYTYPE']._serialized_end=1532
+  _globals['_MESSAGETYPE']._serialized_start=1535
+  _globals['_MESSAGETYPE']._serialized_end=1727
   _globals['_ENTRY']._serialized_start=63
   _globals['_ENTRY']._serialized_end=150
   _globals['_MESSAGE']._serialized_start=153
@@ -49,25 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTACK']._serialized_start=548
   _globals['_SNAPSHOTACK']._serialized_end=561
   _globals['_COMMAND']._serialized_start=564
-  _globals['_COMMAND']._serialized_end=973
-  _globals['_HASHCHECKOP']._serialized_start=975
-  _globals['_HASHCHECKOP']._serialized_end=988
-  _globals['_REGISTEROP']._serialized_start=990
-  _globals['_REGISTEROP']._serialized_end=1002
-  _globals['_ALARMOP']._serialized_start=1005
-  _globals['_ALARMOP']._serialized_end=1198
-  _globals['_ALARMOP_ACTION']._serialized_start=1116
-  _globals['_ALARMOP_ACTION']._serialized_end=1154
-  _globals['_ALARMOP_TYPE']._serialized_start=1156
-  _globals['_ALARMOP_TYPE']._serialized_end=1198
-  _globals['_PUTOP']._serialized_start=1200
-  _globals['_PUTOP']._serialized_end=1235
-  _globals['_DELETEOP']._serialized_start=1237
-  _globals['_DELETEOP']._serialized_end=1260
-  _globals['_CASOP']._serialized_start=1262
-  _globals['_CASOP']._serialized_end=1338
-  _globals['_COMMANDRESULT']._serialized_start=1340
-  _globals['_COMMANDRESULT']._serialized_end=1367
-  _globals['_RAFTPEER']._serialized_start=1612
-  _globals['_RAFTPEER']._serialized_end=1756
+  _globals['_COMMAND']._serialized_end=1091
+  _globals['_HASHCHECKOP']._serialized_start=1093
+  _globals['_HASHCHECKOP']._serialized_end=1106
+  _globals['_REGISTEROP']._serialized_start=1108
+  _globals['_REGISTEROP']._serialized_end=1120
+  _globals['_ALARMOP']._serialized_start=1123
+  _globals['_ALARMOP']._serialized_end=1316
+  _globals['_ALARMOP_ACTION']._serialized_start=1234
+  _globals['_ALARMOP_ACTION']._serialized_end=1272
+  _globals['_ALARMOP_TYPE']._serialized_start=1274
+  _globals['_ALARMOP_TYPE']._serialized_end=1316
+  _globals['_PUTOP']._serialized_start=1318
+  _globals['_PUTOP']._serialized_end=1353
+  _globals['_DELETEOP']._serialized_start=1355
+  _globals['_DELETEOP']._serialized_end=1378
+  _globals['_CASOP']._serialized_start=1380
+  _globals['_CASOP']._serialized_end=1456
+  _globals['_COMMANDRESULT']._serialized_start=1458
+  _globals['_COMMANDRESULT']._serialized_end=1485
+  _globals['_RAFTPEER']._serialized_start=1730
+  _globals['_RAFTPEER']._serialized_end=1874
 # @@protoc_insertion_point(module_scope)

@@ -103,7 +103,7 @@ class SnapshotAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm", "hash_check", "txn", "compact")
+    __slots__ = ("client_id", "seq", "lowest_pending_seq", "put", "delete", "cas", "register", "alarm", "hash_check", "txn", "compact", "lease_grant", "lease_revoke")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LOWEST_PENDING_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,8 @@ class Command(_message.Message):
     HASH_CHECK_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     COMPACT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     lowest_pending_seq: int
@@ -126,7 +128,9 @@ class Command(_message.Message):
     hash_check: HashCheckOp
     txn: _rpc_pb2.TxnRequest
     compact: _rpc_pb2.CompactionRequest
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ..., hash_check: _Optional[_Union[HashCheckOp, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compact: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ...) -> None: ...
+    lease_grant: _rpc_pb2.LeaseGrantRequest
+    lease_revoke: _rpc_pb2.LeaseRevokeRequest
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., lowest_pending_seq: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., cas: _Optional[_Union[CasOp, _Mapping]] = ..., register: _Optional[_Union[RegisterOp, _Mapping]] = ..., alarm: _Optional[_Union[AlarmOp, _Mapping]] = ..., hash_check: _Optional[_Union[HashCheckOp, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compact: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_rpc_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_rpc_pb2.LeaseRevokeRequest, _Mapping]] = ...) -> None: ...
 
 class HashCheckOp(_message.Message):
     __slots__ = ()
