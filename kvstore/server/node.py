@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,6 +49,13 @@ OUT_OF_SPACE_RETRY_SECONDS = 1.0
 SendSnapshot = Callable[[str, str, int], Awaitable[None]]  # (peer, file path, term)
 
 
+def min_lease_ttl(tick_seconds: float, election_ticks: int) -> int:
+    """The shortest lease TTL granted: 1.5 longest election timeouts (randomized up to 2x
+    election_ticks), at least 2 s (etcd's default minimum), so that keep-alives can cross
+    a leader election."""
+    return max(2, math.ceil(1.5 * 2 * election_ticks * tick_seconds))
+
+
 class NodeDriver:
     def __init__(
         self,
@@ -80,8 +88,11 @@ class NodeDriver:
             resyncing=resync_marker is not None,
             log=log.info,
             quota_bytes=quota_bytes,
+            min_lease_ttl=min_lease_ttl(tick_seconds, election_ticks),
         )
         self._wake = asyncio.Event()
+        # Watchers waiting for the store to reach a revision: (revision, future).
+        self._revision_waiters: list[tuple[int, asyncio.Future[int]]] = []
         self._stopping = False
         self.out_of_space = ""  # the last out-of-space error while a write waits for space
 
@@ -118,6 +129,35 @@ class NodeDriver:
         self._wake.set()
         return fut
 
+    async def wait_for_revision(self, revision: int, timeout: float) -> int:
+        """The store's current revision once it is >= `revision` (at once if it already
+        is), or whatever it is after `timeout` seconds. What a watch waits on between two
+        reads of the store; woken after every applied batch while someone waits."""
+        current = self.store.revisions()[0]
+        if current >= revision:
+            return current
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry = (revision, fut)
+        self._revision_waiters.append(entry)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return self.store.revisions()[0]
+        finally:
+            if entry in self._revision_waiters:
+                self._revision_waiters.remove(entry)
+
+    def _wake_watchers(self) -> None:
+        current = self.store.revisions()[0]
+        still = []
+        for revision, fut in self._revision_waiters:
+            if revision <= current:
+                if not fut.done():
+                    fut.set_result(current)
+            else:
+                still.append((revision, fut))
+        self._revision_waiters = still
+
     def report_unreachable(self, peer: str) -> None:
         """The transport lost messages to `peer` (called on the event loop)."""
         self.runtime.report_unreachable(peer)
@@ -152,6 +192,8 @@ class NodeDriver:
                 while (plan := rt.next_plan()) is not None:
                     results = await self._carry_out(plan)
                     rt.finish(plan, results)
+                    if self._revision_waiters and (results or plan.install is not None):
+                        self._wake_watchers()
                     if rt.resync_finished() and self._resync_marker is not None:
                         # A leader reached us and what it told us is on disk: from now on
                         # the data dir is an ordinary member's.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +49,7 @@ from kvstore.raft.types import (
     SnapshotMeta,
 )
 from kvstore.server import peer_checks
+from kvstore.server.lessor import Lessor
 from kvstore.state import commands
 from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
@@ -75,6 +77,8 @@ class NodeStore(LogStorage, Protocol):
     def size_bytes(self) -> int: ...
 
     def alarms(self) -> list[Alarm]: ...
+
+    def leases(self) -> list[tuple[int, int]]: ...
 
     def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta: ...
 
@@ -106,6 +110,11 @@ class AlarmRefused(Exception):
         self.alarm_type = alarm_type
         name = "database space exceeded" if alarm_type == NOSPACE else "corruption detected"
         super().__init__(f"writes refused: {name} (see `kvstore alarm list`)")
+
+
+def _nothing() -> None:
+    """What an internal proposal (a lease revoke) does when it settles: nothing; a revoke
+    that did not apply is proposed again by the lessor."""
 
 
 class _Unwatched:
@@ -222,6 +231,9 @@ class NodeRuntime:
         log: Callable[[str], None] | None = None,
         raft_options: dict[str, Any] | None = None,
         quota_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_lease_ttl: int = 2,
+        lease_rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -264,6 +276,9 @@ class NodeRuntime:
         self._unmeasured_entries = QUOTA_CHECK_ENTRIES
         self._unmeasured_bytes = 0
         self._in_plan: Plan | None = None
+        # The leader's lease clock (leader only; see lessor.py). Lease ids come from their
+        # own rng (default: seeded from the OS), so they never shift the core's randomness.
+        self.lessor = Lessor(clock, lease_rng or random.Random(), min_lease_ttl)
 
     def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
         """Build the core (a hook for the simulator's deliberately broken runtimes)."""
@@ -378,6 +393,10 @@ class NodeRuntime:
         ticks, self._ticks_due = self._ticks_due, 0
         for _ in range(min(ticks, MAX_TICKS_PER_TURN)):
             raw.tick()
+        if ticks:
+            for lease_id in self.lessor.expired():
+                self._log(f"lease {lease_id:x} expired: proposing its revoke")
+                self.propose(commands.encode_lease_revoke(lease_id), _Unwatched(_nothing))
         msgs, self._inbox = self._inbox, []
         for m in msgs:
             raw.step(m)
@@ -452,6 +471,7 @@ class NodeRuntime:
             self.applied_index = rd.committed[-1].index
             resolve_applied(self._waiting_entries, rd.committed, results)
             self._keep_hash_checks(results)
+            self.lessor.applied(r.lease for r in results if r.lease is not None)
         for rs in rd.read_states:
             w = self._waiting_read_ids.pop(rs.request_id, None)
             if w is not None and not w.done():
@@ -560,6 +580,10 @@ class NodeRuntime:
         was_leader = self.role == Role.LEADER
         self.role, self.leader = role, leader
         self._log(f"{self.node_id} is now {role.label} (leader {leader or 'unknown'})")
+        if role == Role.LEADER and not was_leader:
+            self.lessor.promote(self.store.leases())
+        elif role != Role.LEADER:
+            self.lessor.demote(leader)
         if was_leader and role != Role.LEADER:
             self.fail_all(LeadershipLost("leadership lost; the write may or may not apply"))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from kvstore.etcdpb import rpc_pb2
+from kvstore.state.leases import LeaseChange
 from kvstore.v1 import raft_pb2
 
 
@@ -44,8 +45,9 @@ class ApplyResult:
     revision: the store revision right after this entry (client writes and compactions).
     response: a client write's answer as the etcd Txn it was applied as (header unset);
         None for duplicates (results are not kept in sessions) and refusals.
-    error: the write or compaction was refused by the data model (an
-        kvstore.state.mvcc.ERR_* message); nothing changed and ok is False.
+    error: the write, compaction or lease operation was refused by the data model (a
+        kvstore.state.mvcc.ERR_* or leases.ERR_* message); nothing changed and ok is False.
+    lease: a lease granted or revoked by this entry (the leader's lessor follows these).
     """
 
     index: int
@@ -62,6 +64,7 @@ class ApplyResult:
     revision: int = 0
     response: rpc_pb2.TxnResponse | None = None
     error: str = ""
+    lease: LeaseChange | None = None
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:
@@ -118,6 +121,22 @@ def encode_compact(revision: int, physical: bool = False) -> bytes:
     cmd = raft_pb2.Command()
     cmd.compact.revision = revision
     cmd.compact.physical = physical
+    return cmd.SerializeToString()
+
+
+def encode_lease_grant(lease_id: int, ttl: int) -> bytes:
+    """Entry data that creates lease `lease_id` (chosen by the leader) with `ttl` seconds."""
+    cmd = raft_pb2.Command()
+    cmd.lease_grant.ID = lease_id
+    cmd.lease_grant.TTL = ttl
+    return cmd.SerializeToString()
+
+
+def encode_lease_revoke(lease_id: int) -> bytes:
+    """Entry data that revokes a lease, deleting its keys in one revision: sent for a
+    client's LeaseRevoke, and by the leader when the lease expired on its clock."""
+    cmd = raft_pb2.Command()
+    cmd.lease_revoke.ID = lease_id
     return cmd.SerializeToString()
 
 

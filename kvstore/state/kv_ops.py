@@ -18,11 +18,13 @@ follow etcd's v3 applier:
 from __future__ import annotations
 
 from kvstore.etcdpb import kv_pb2, rpc_pb2
+from kvstore.state import leases
 from kvstore.state.mvcc import (
     ERR_KEY_NOT_FOUND,
     ERR_LEASE_NOT_FOUND,
     KeySpace,
     MvccError,
+    Record,
     Revisions,
     Txn,
 )
@@ -148,7 +150,7 @@ def _check_ops(space: KeySpace, txn: Txn, revs: Revisions, req: rpc_pb2.TxnReque
             revs.check_read(op.request_range.revision)
         elif kind == "request_put":
             put = op.request_put
-            if put.lease:
+            if put.lease and not leases.exists(txn, put.lease):
                 raise MvccError(ERR_LEASE_NOT_FOUND)
             if (put.ignore_value or put.ignore_lease) and space.current(txn, put.key) is None:
                 raise MvccError(ERR_KEY_NOT_FOUND)
@@ -172,6 +174,10 @@ class _Writer:
         alive = prev if prev is not None and prev.alive else None
         value = alive.value if req.ignore_value and alive is not None else req.value
         lease = alive.lease if req.ignore_lease and alive is not None else req.lease
+        if alive is not None and alive.lease and alive.lease != lease:
+            leases.detach(self.txn, alive.lease, req.key)
+        if lease:
+            leases.attach(self.txn, lease, req.key)
         self.space.put(self.txn, req.key, value, lease, self.rev, self.sub, prev)
         self.sub += 1
         resp = rpc_pb2.PutResponse()
@@ -185,9 +191,15 @@ class _Writer:
         for rec in victims:
             if req.prev_kv:
                 resp.prev_kvs.append(rec.kv())
-            self.space.delete(self.txn, rec, self.rev, self.sub)
-            self.sub += 1
+            self.delete(rec)
         return resp
+
+    def delete(self, rec: Record) -> None:
+        """Delete one alive key (detaching it from its lease)."""
+        if rec.lease:
+            leases.detach(self.txn, rec.lease, rec.key)
+        self.space.delete(self.txn, rec, self.rev, self.sub)
+        self.sub += 1
 
     def revision(self) -> int:
         """The store revision as this Txn's operations see it so far."""
@@ -241,6 +253,23 @@ def apply_txn(space: KeySpace, txn: Txn, revs: Revisions,
         revs.current = writer.rev
         revs.dirty = True
     return resp
+
+
+def revoke_lease(space: KeySpace, txn: Txn, revs: Revisions, lease_id: int) -> int:
+    """Revoke a lease: delete its keys in one revision and forget it. Returns how many
+    keys were deleted; raises MvccError when there is no such lease."""
+    if not leases.exists(txn, lease_id):
+        raise MvccError(ERR_LEASE_NOT_FOUND)
+    writer = _Writer(space, txn, revs)
+    for key in leases.keys(txn, lease_id):
+        rec = space.current(txn, key)
+        if rec is not None and rec.lease == lease_id:
+            writer.delete(rec)
+    leases.drop(txn, lease_id)
+    if writer.sub:
+        revs.current = writer.rev
+        revs.dirty = True
+    return writer.sub
 
 
 def has_put(req: rpc_pb2.TxnRequest) -> bool:

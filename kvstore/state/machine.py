@@ -56,8 +56,9 @@ from typing import Protocol
 
 from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, EntryType
-from kvstore.state import alarms, kv_ops
+from kvstore.state import alarms, kv_ops, leases
 from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
+from kvstore.state.leases import LEASES_DB, LeaseChange
 from kvstore.state.mvcc import KHIST_DB, MVCC_DB, REVS_DB, KeySpace, MvccError, Revisions
 from kvstore.state.ring import HashRing
 from kvstore.v1 import raft_pb2
@@ -260,7 +261,7 @@ class ShardedStateMachine:
     @property
     def db_names(self) -> list[str]:
         """Every database the machine touches; the store must create them all."""
-        return [SESSIONS_DB, MVCC_DB, REVS_DB, KHIST_DB, *self._shard_dbs]
+        return [SESSIONS_DB, MVCC_DB, REVS_DB, KHIST_DB, LEASES_DB, *self._shard_dbs]
 
     @property
     def shard_dbs(self) -> list[str]:
@@ -375,6 +376,8 @@ class ShardedStateMachine:
             return ApplyResult(entry.index, b"", 0, ok=alarms.apply(txn, cmd.alarm), stale=False)
         if batch.revs is None:
             batch.revs = Revisions(txn)
+        if op in ("lease_grant", "lease_revoke"):
+            return self._lease_op(txn, cmd, entry.index, batch)
         if op == "compact":
             try:
                 self.space.compact(txn, batch.revs, cmd.compact.revision)
@@ -478,7 +481,8 @@ class ShardedStateMachine:
         how an operator frees space under NOSPACE. Looked up once per batch (and again
         after an alarm entry), not once per write."""
         op = cmd.WhichOneof("op")
-        if op not in ("put", "cas") and not (op == "txn" and kv_ops.has_put(cmd.txn)):
+        if op not in ("put", "cas", "lease_grant") and not (
+                op == "txn" and kv_ops.has_put(cmd.txn)):
             return 0
         if batch.refusing is None:
             raised = alarms.active(txn) if alarms.writes_blocked(txn) else []
@@ -487,6 +491,51 @@ class ShardedStateMachine:
 
     def active_alarms(self, txn: KVTxn) -> list[alarms.Alarm]:
         return alarms.active(txn)
+
+    def _lease_op(self, txn: KVTxn, cmd: raft_pb2.Command, index: int,
+                  batch: _Batch) -> ApplyResult:
+        """Grant (refused under an alarm, as etcd's capped applier does) or revoke."""
+        revs = batch.revs
+        assert revs is not None
+        if cmd.WhichOneof("op") == "lease_grant":
+            lid, ttl = cmd.lease_grant.ID, cmd.lease_grant.TTL
+            refused = self._refused_by_alarm(txn, cmd, batch)
+            if refused:
+                return ApplyResult(index, b"", 0, ok=False, stale=False, alarm=refused,
+                                   revision=revs.current)
+            error = ""
+            if lid <= 0 or leases.exists(txn, lid):
+                error = leases.ERR_LEASE_EXISTS if lid > 0 else leases.ERR_LEASE_NOT_FOUND_
+            elif ttl > leases.MAX_LEASE_TTL:
+                error = leases.ERR_LEASE_TTL_TOO_LARGE
+            if error:
+                return ApplyResult(index, b"", 0, ok=False, stale=False, revision=revs.current,
+                                   error=error)
+            leases.grant(txn, lid, ttl)
+            return ApplyResult(index, b"", 0, ok=True, stale=False, revision=revs.current,
+                               lease=LeaseChange("grant", lid, ttl))
+        lid = cmd.lease_revoke.ID
+        try:
+            kv_ops.revoke_lease(self.space, txn, revs, lid)
+        except MvccError as err:
+            return ApplyResult(index, b"", 0, ok=False, stale=False, revision=revs.current,
+                               error=err.message)
+        return ApplyResult(index, b"", 0, ok=True, stale=False, revision=revs.current,
+                           lease=LeaseChange("revoke", lid))
+
+    def events(self, txn: KVTxn, start_rev: int, key: bytes, range_end: bytes,
+               prev_kv: bool = False, limit: int = 1000) -> tuple[list, int]:
+        """Changes from `start_rev` on to keys in the range (see KeySpace.events)."""
+        return self.space.events(txn, Revisions(txn), start_rev, key, range_end, prev_kv, limit)
+
+    def lease(self, txn: KVTxn, lease_id: int) -> int | None:
+        return leases.granted_ttl(txn, lease_id)
+
+    def leases(self, txn: KVTxn) -> list[tuple[int, int]]:
+        return leases.all_leases(txn)
+
+    def lease_keys(self, txn: KVTxn, lease_id: int) -> list[bytes]:
+        return leases.keys(txn, lease_id)
 
     def _execute(self, txn: KVTxn, cmd: raft_pb2.Command, index: int,
                  revs: Revisions) -> ApplyResult:

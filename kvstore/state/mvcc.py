@@ -304,6 +304,41 @@ class KeySpace:
         if kind == DELETE and later_rev is None and not rec.alive:
             txn.delete(self.shard_dbs[self.shard_for(kv.key)], ikey(kv.key))
 
+    # -- watch -------------------------------------------------------------------------
+
+    def events(self, txn: Txn, revs: Revisions, start_rev: int, key: bytes, range_end: bytes,
+               prev_kv: bool, limit: int) -> tuple[list[kv_pb2.Event], int]:
+        """The changes with revision >= `start_rev` to keys in [key, range_end) (etcd's
+        conventions), in (revision, sub) order: at most `limit` of them, but never part of
+        a revision. Returns (events, the revision to continue from). A watcher is a cursor
+        over the `revs` database, so it can fall behind without holding memory and its
+        events cannot be lost; once compaction removed history from its position on it is
+        told so (MvccError), never silently skipped."""
+        if 0 < start_rev <= revs.compacted:
+            raise MvccError(ERR_COMPACTED)
+        start = max(start_rev, 1)
+        out: list[kv_pb2.Event] = []
+        for rk, raw in txn.seek(REVS_DB, _REV.pack(start, 0)):
+            rev, _ = _REV.unpack(rk)
+            if len(out) >= limit and rev != out[-1].kv.mod_revision:
+                return out, rev
+            kind, kv = decode_event(rk, raw)
+            if not in_range(kv.key, key, range_end):
+                continue
+            ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if kind == DELETE else kv_pb2.Event.PUT)
+            if kind == DELETE:
+                ev.kv.key = kv.key
+                ev.kv.mod_revision = kv.mod_revision
+            else:
+                ev.kv.CopyFrom(kv)
+            if prev_kv:
+                rec = self.record(txn, kv.key)
+                prev = None if rec is None else self.at(txn, rec, rev - 1, revs.current + 1)
+                if prev is not None:
+                    ev.prev_kv.CopyFrom(prev)
+            out.append(ev)
+        return out, max(start, revs.current + 1)
+
     # -- hashes ------------------------------------------------------------------------
 
     @staticmethod

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from kvstore.etcdpb import rpc_pb2
+from kvstore.etcdpb import kv_pb2, rpc_pb2
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
@@ -486,6 +486,24 @@ class LmdbNodeStore:
             resp, revision = self.machine.range(_LmdbTxn(txn, self._dbs), req)
             raw = txn.get(_APPLIED, db=self._dbs[_META_DB])
         return resp, revision, 0 if raw is None else _U64.unpack(raw)[0]
+
+    def events(self, start_rev: int, key: bytes, range_end: bytes, *, prev_kv: bool = False,
+               limit: int = 1000) -> tuple[list[kv_pb2.Event], int]:
+        """Changes from `start_rev` on to keys in the range, in revision order, from one
+        snapshot: (events, revision to continue from). Raises MvccError when compacted."""
+        return self._read(lambda t: self.machine.events(t, start_rev, key, range_end,
+                                                        prev_kv, limit))
+
+    def lease(self, lease_id: int) -> int | None:
+        """The granted TTL of a lease, or None if it does not exist."""
+        return self._read(lambda t: self.machine.lease(t, lease_id))
+
+    def leases(self) -> list[tuple[int, int]]:
+        """(id, granted TTL) of every lease."""
+        return self._read(self.machine.leases)
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        return self._read(lambda t: self.machine.lease_keys(t, lease_id))
 
     def revisions(self) -> tuple[int, int]:
         """(current revision, compacted revision) of the applied state."""

@@ -15,7 +15,7 @@ import io
 import os
 from collections.abc import Sequence
 
-from kvstore.etcdpb import rpc_pb2
+from kvstore.etcdpb import kv_pb2, rpc_pb2
 from kvstore.raft.types import Entry, HardState, SnapshotMeta
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
@@ -178,6 +178,21 @@ class MemoryNodeStore:
         """As LmdbNodeStore.range."""
         resp, revision = self.machine.range(DictTxn(self._dbs), req)
         return resp, revision, self._applied
+
+    def events(self, start_rev: int, key: bytes, range_end: bytes, *, prev_kv: bool = False,
+               limit: int = 1000) -> tuple[list[kv_pb2.Event], int]:
+        """As LmdbNodeStore.events."""
+        return self.machine.events(DictTxn(self._dbs), start_rev, key, range_end, prev_kv,
+                                   limit)
+
+    def lease(self, lease_id: int) -> int | None:
+        return self.machine.lease(DictTxn(self._dbs), lease_id)
+
+    def leases(self) -> list[tuple[int, int]]:
+        return self.machine.leases(DictTxn(self._dbs))
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        return self.machine.lease_keys(DictTxn(self._dbs), lease_id)
 
     def revisions(self) -> tuple[int, int]:
         return self.machine.revisions(DictTxn(self._dbs))

@@ -199,6 +199,8 @@ class SimNode:
             can_send_snapshots=self._stream_snapshot is not None,
             resyncing=self.disk.resync_marker,
             log=self._core_log,
+            clock=lambda: self.world.now_s,
+            lease_rng=random.Random(f"lease-{self.world.seed}-{self.id}-{self.incarnation}"),
             raft_options=self.raft_options,
         )
         hs = store.initial_state()
