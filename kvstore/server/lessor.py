@@ -81,13 +81,25 @@ class Lessor:
 
     # -- client calls (leader only) ------------------------------------------------------
 
-    def keepalive(self, lease_id: int) -> int:
-        """Renew: the lease now expires a full TTL from now. Returns that TTL."""
+    def now(self) -> float:
+        return self._clock()
+
+    def keepalive(self, lease_id: int, since: float | None = None) -> int:
+        """Renew: the lease now expires a full TTL after `since` (default now). Returns
+        that TTL.
+
+        Shells pass as `since` the time the keep-alive arrived and call this only after a
+        ReadIndex round confirmed our leadership (NodeDriver.lease_keepalive): a deposed
+        leader that does not know it yet cannot confirm, and a confirmed one heard from a
+        majority after `since`, so before any new leader was elected, whose promotion
+        then gives the lease a full TTL counted from a later time. So a lease never
+        expires less than a TTL after a keep-alive that was answered was sent."""
         self._require_leader()
         ttl = self._ttl.get(lease_id)
         if ttl is None or lease_id in self._revoking:
             raise LeaseNotFound(lease_id)
-        self._expiry[lease_id] = self._clock() + ttl
+        start = self._clock() if since is None else since
+        self._expiry[lease_id] = max(self._expiry.get(lease_id, start), start + ttl)
         return ttl
 
     def time_to_live(self, lease_id: int) -> int:
