@@ -34,6 +34,8 @@ from kvstore.client._core import (
 )
 from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
 from kvstore.client.batching import BatchFailure, EndpointBatcher, batchable
+from kvstore.client.coordination import AsyncCoordination
+from kvstore.client.etcd_face import AsyncFace
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -43,7 +45,7 @@ from kvstore.v1 import kv_pb2_grpc
 R = TypeVar("R")
 
 
-class AsyncKVClient:
+class AsyncKVClient(AsyncCoordination):
     """asyncio kvstore client with the same methods and semantics as :class:`KVClient`.
 
     Use from one event loop. ``await client.close()`` (or ``async with``) when done.
@@ -81,6 +83,7 @@ class AsyncKVClient:
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
         self._batchers: dict[str, EndpointBatcher] | None = {} if coalesce else None
         self._closed = False
+        self._face = AsyncFace(self._core, self._channel)
 
     # -- public API
 
@@ -94,8 +97,14 @@ class AsyncKVClient:
         and after the cluster evicted it until the next write registers a new one)."""
         return self._core.write_ids.client_id
 
-    async def put(self, key: KeyLike, value: KeyLike, *, timeout: float | None = None) -> None:
-        """Store ``value`` under ``key``; returns once committed by a majority and applied."""
+    async def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0,
+            timeout: float | None = None) -> None:
+        """Store ``value`` under ``key``; returns once committed by a majority and applied.
+        ``lease``: attach the key to that lease (deleted when it ends); sent as a one-put
+        Txn, since the native Put has no lease field."""
+        if lease:
+            await self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            return
         await self._run(self._core.put(key, value, timeout))
 
     async def get(
@@ -214,18 +223,25 @@ class AsyncKVClient:
 
     # -- the I/O loop
 
-    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        """The channel to ``endpoint`` (made on first use, in the running loop); shared by
+        the native stub and the etcd face (watch, leases, recipes)."""
         if self._closed:
             raise RuntimeError("AsyncKVClient is closed")
-        stub = self._stubs.get(endpoint)
-        if stub is None:
+        channel = self._channels.get(endpoint)
+        if channel is None:
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
             else:
                 channel = grpc.aio.secure_channel(endpoint, self._credentials,
                                                   options=CHANNEL_OPTIONS)
             self._channels[endpoint] = channel
-            stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
+        return channel
+
+    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(self._channel(endpoint))
         return stub
 
     async def _send(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:

@@ -15,6 +15,10 @@ in its docstring, and every instance carries it as ``maybe_applied``:
 - "may have been applied, result lost": :class:`StaleWrite`, :class:`SessionExpired`.
 - "refused by the data model": :class:`Compacted`, :class:`FutureRevision` (a revision
   the store cannot serve); definitely not applied.
+- leases and the recipes built on them: :class:`LeaseNotFound` (not applied),
+  :class:`LeaseExpired` (a lock or election lost its lease: the key is gone, so the lock or
+  leadership is not held), :class:`NotElected` (a proclaim by a campaigner that is not
+  the leader: not applied).
 
 Reads never change state, so for them ``maybe_applied`` is always False.
 """
@@ -142,9 +146,32 @@ class Compacted(KVError):
 
     A compaction that the client retried after an attempt the cluster had applied also ends
     here (the second attempt finds the history gone); ``maybe_applied`` then says so.
+
+    A watch whose start (or resume) revision was compacted raises it too, with
+    ``compact_revision`` set: events between the watch's revision and that one are gone, so
+    a watcher must read the current state again rather than trust its view.
     """
+
+    compact_revision: int = 0
 
 
 class FutureRevision(KVError):
     """A read at, or a compaction to, a revision the store has not reached yet ("mvcc:
     required revision is a future revision"): definitely NOT applied; never retried."""
+
+
+class LeaseNotFound(InvalidArgument):
+    """The lease named does not exist (never granted, expired or revoked; etcd's
+    "requested lease not found"): definitely NOT applied; never retried."""
+
+
+class LeaseExpired(KVError):
+    """The lease under a lock or election key expired or was revoked, so the cluster has
+    deleted (or will delete) the key: the lock or leadership is NOT held. Raised by an
+    acquire or campaign that finds its own key gone, and reported (not raised) by a holder's
+    keep-alive through ``Lease.lost`` and its ``on_lost`` callback."""
+
+
+class NotElected(KVError):
+    """Proclaim (or resign) by a campaigner that is not the leader (never elected, resigned,
+    or its key was deleted behind it; etcd's ErrElectionNotLeader): NOT applied."""

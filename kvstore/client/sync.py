@@ -32,6 +32,8 @@ from kvstore.client._core import (
     failure_from_rpc_error,
 )
 from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
+from kvstore.client.coordination import SyncCoordination
+from kvstore.client.etcd_face import SyncFace
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -41,7 +43,7 @@ from kvstore.v1 import kv_pb2_grpc
 R = TypeVar("R")
 
 
-class KVClient:
+class KVClient(SyncCoordination):
     """Blocking kvstore client. Thread-safe; one gRPC channel per endpoint, reused.
 
     Every call retries internally (leader hints, other endpoints, backoff) until it
@@ -77,6 +79,7 @@ class KVClient:
         self._stubs: dict[str, kv_pb2_grpc.KVStub] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._face = SyncFace(self._core, self._channel)
 
     # -- public API
 
@@ -90,8 +93,14 @@ class KVClient:
         and after the cluster evicted it until the next write registers a new one)."""
         return self._core.write_ids.client_id
 
-    def put(self, key: KeyLike, value: KeyLike, *, timeout: float | None = None) -> None:
-        """Store ``value`` under ``key``; returns once committed by a majority and applied."""
+    def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0,
+            timeout: float | None = None) -> None:
+        """Store ``value`` under ``key``; returns once committed by a majority and applied.
+        ``lease``: attach the key to that lease (deleted when it ends); sent as a one-put
+        Txn, since the native Put has no lease field."""
+        if lease:
+            self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            return
         self._run(self._core.put(key, value, timeout))
 
     def get(
@@ -214,18 +223,27 @@ class KVClient:
 
     # -- the I/O loop
 
-    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        """The channel to ``endpoint`` (made on first use); shared by the native stub and
+        the etcd face (watch, leases, recipes), so one connection serves both."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("KVClient is closed")
-            stub = self._stubs.get(endpoint)
-            if stub is None:
+            channel = self._channels.get(endpoint)
+            if channel is None:
                 if self._credentials is None:
                     channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
                 else:
                     channel = grpc.secure_channel(endpoint, self._credentials,
                                                   options=CHANNEL_OPTIONS)
                 self._channels[endpoint] = channel
+            return channel
+
+    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVStub:
+        channel = self._channel(endpoint)
+        with self._lock:
+            stub = self._stubs.get(endpoint)
+            if stub is None:
                 stub = self._stubs[endpoint] = kv_pb2_grpc.KVStub(channel)
             return stub
 

@@ -122,10 +122,11 @@ class Op:
     proto: rpc_pb2.RequestOp
 
     @staticmethod
-    def put(key: KeyLike, value: KeyLike, *, prev_kv: bool = False) -> Op:
-        """Set ``key`` to ``value`` (``prev_kv``: answer with the value it replaced)."""
+    def put(key: KeyLike, value: KeyLike, *, prev_kv: bool = False, lease: int = 0) -> Op:
+        """Set ``key`` to ``value`` (``prev_kv``: answer with the value it replaced;
+        ``lease``: attach the key to that lease)."""
         req = rpc_pb2.PutRequest(key=to_bytes(key, "key"), value=to_bytes(value, "value"),
-                                 prev_kv=prev_kv)
+                                 prev_kv=prev_kv, lease=lease)
         return Op(rpc_pb2.RequestOp(request_put=req))
 
     @staticmethod
