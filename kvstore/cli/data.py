@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from kvstore.cli.app import arg_bytes, client_options, fail, main, resolve_target
+from kvstore.cli.coord import LEASE_ID
 from kvstore.cli.mvcc import range_json, text_fields, write_lines
 from kvstore.cli.txn_format import kv_lines, response_lines
 from kvstore.client import GetResult, NodeStatus, Op
@@ -18,12 +19,14 @@ from kvstore.client.ranges import SORT_TARGETS
 @main.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--lease", "lease", type=LEASE_ID, default=None,
+              help="Attach KEY to this lease (hex id, as `lease grant` prints it).")
 @client_options
-def put(key: str, value: str, endpoints: str | None, directory: str, timeout: float,
-        **tls: str | None) -> None:
+def put(key: str, value: str, lease: int | None, endpoints: str | None, directory: str,
+        timeout: float, **tls: str | None) -> None:
     """Set KEY to VALUE; prints OK once committed and applied."""
     with resolve_target(endpoints, directory, **tls).client(timeout) as client:
-        client.put(arg_bytes(key), arg_bytes(value))
+        client.put(arg_bytes(key), arg_bytes(value), lease=lease or 0)
     click.echo("OK")
 
 
