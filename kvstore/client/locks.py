@@ -108,7 +108,8 @@ class Lock(_LockBase):
             lease.revoke()
 
     def __enter__(self) -> Lock:
-        return self.acquire()
+        # ``with lock.acquire(timeout=5):`` enters an acquired lock: keep it.
+        return self if self.key else self.acquire()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -153,7 +154,7 @@ class AsyncLock(_LockBase):
             await lease.revoke()
 
     async def __aenter__(self) -> AsyncLock:
-        return await self.acquire()
+        return self if self.key else await self.acquire()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
