@@ -81,7 +81,12 @@ class Lessor:
 
     # -- client calls (leader only) ------------------------------------------------------
 
-    def now(self) -> float:
+    def start_keepalive(self, lease_id: int) -> float:
+        """A keep-alive arrived: check it (NotLeader, LeaseNotFound) and return its arrival
+        time, to pass to keepalive() once a ReadIndex round confirmed our leadership."""
+        self.granted_ttl(lease_id)
+        if lease_id in self._revoking:
+            raise LeaseNotFound(lease_id)
         return self._clock()
 
     def keepalive(self, lease_id: int, since: float | None = None) -> int:

@@ -133,11 +133,9 @@ class NodeDriver:
         """Renew a lease on the leader, counted from the keep-alive's arrival, once a
         ReadIndex round confirmed the leadership (see Lessor.keepalive for why). Returns
         the TTL; raises NotLeader, LeaseNotFound, LeadershipLost."""
-        lessor = self.runtime.lessor
-        since = lessor.now()
-        lessor.granted_ttl(lease_id)  # NotLeader / LeaseNotFound before a round trip
+        since = self.runtime.lessor.start_keepalive(lease_id)
         await self.read_index()
-        return lessor.keepalive(lease_id, since)
+        return self.runtime.lessor.keepalive(lease_id, since)
 
     async def wait_for_revision(self, revision: int, timeout: float) -> int:
         """The store's current revision once it is >= `revision` (at once if it already

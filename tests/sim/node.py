@@ -200,6 +200,7 @@ class SimNode:
             resyncing=self.disk.resync_marker,
             log=self._core_log,
             clock=lambda: self.world.now_s,
+            min_lease_ttl=1,  # elections here take well under a second
             lease_rng=random.Random(f"lease-{self.world.seed}-{self.id}-{self.incarnation}"),
             raft_options=self.raft_options,
         )

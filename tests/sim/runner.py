@@ -14,6 +14,7 @@ Invariants are checked after every step of every phase.
 
 from __future__ import annotations
 
+import random
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,10 +29,12 @@ from kvstore.state.commands import ApplyResult
 from tests.sim.clients import ClientLedger, SimClient, Workload
 from tests.sim.disk import SimDisk
 from tests.sim.invariants import Invariants, Violation
+from tests.sim.leases import SimLeaseHolder
 from tests.sim.nemesis import FaultProfile, Nemesis
 from tests.sim.network import NetProfile, Network
 from tests.sim.node import NodeTiming, SimNode
 from tests.sim.service import RpcProfile, SimService
+from tests.sim.watchers import SimWatcher, full_history
 from tests.sim.world import US_PER_MS, US_PER_S, SimulationFailure, World
 
 # Signature of the core liveness bug this simulator found, now fixed (test_found_bugs.py).
@@ -189,11 +192,26 @@ class Simulation:
         self.nemesis = Nemesis(world, world.derive(), self.nodes, self.network,
                                profile.faults, self.leader, self.invariants.check_step,
                                self.invariants.on_wipe)
+        # Leases and watches draw from their own streams (not world.derive()), so the
+        # schedules above stay what they were before these existed.
+        self.lease_holder = SimLeaseHolder(world, random.Random(f"leases-{seed}"), self.nodes)
+        watch_rng = random.Random(f"watch-{seed}")
+        self.watchers = [
+            SimWatcher(world, random.Random(watch_rng.getrandbits(64)), self.nodes, "all",
+                       b"\x00", b"\x00"),
+            SimWatcher(world, random.Random(watch_rng.getrandbits(64)), self.nodes, "k0",
+                       profile.workload.keys[0], b""),
+            SimWatcher(world, random.Random(watch_rng.getrandbits(64)), self.nodes, "L*",
+                       b"L", b"M"),
+        ]
 
     # -- wiring --------------------------------------------------------------------------
 
     def _persisted(self, node_id: str, plan: Plan, results: list[ApplyResult]) -> None:
         self.invariants.on_persist(node_id, plan, results)
+        if results:
+            self.lease_holder.on_applied(node_id, {e.index: e for e in plan.ready.committed},
+                                         results)
 
     def _stream_snapshot(self, src: str, dst: str, term: int, data: bytes,
                          done: Callable[[bool], None]) -> None:
@@ -316,6 +334,9 @@ class Simulation:
             self.nodes[n].start()
         for c in self.clients:
             c.start()
+        self.lease_holder.start()
+        for w in self.watchers:
+            w.start()
         self.nemesis.start()
         self._run_until(cfg.duration_us)
 
@@ -323,6 +344,7 @@ class Simulation:
         self.nemesis.heal_all()
         for c in self.clients:
             c.stopping = True
+        self.lease_holder.stopping = True  # its leases expire while the cluster settles
         if not self._run_until(world.now + cfg.settle_us, self.settled):
             self._liveness_failure(self._stuck())
 
@@ -396,6 +418,8 @@ class Simulation:
         verdict = check(ops, max_steps=self.config.lincheck_max_steps)
         if verdict.ok is False:
             raise Violation("Linearizability", f"key {verdict.key!r}: {verdict.explanation}")
+        history = full_history([e for e, _ in inv.applied], self.profile.max_sessions)
+        watched = sum(w.check(history) for w in self.watchers)
         store = self.nodes[self.ids[0]].disk.store
         world.log(f"END applied={store.applied_index()} digests={','.join(store.shard_digests())}")
         stats = {
@@ -419,6 +443,13 @@ class Simulation:
             "lincheck_steps": verdict.steps,
             **inv.session_counts(),
             "expired_retries": led.expired_retries,
+            "leases_granted": self.lease_holder.granted,
+            "lease_keepalives": self.lease_holder.keepalives,
+            "lease_expiries": self.lease_holder.expiries,
+            "watch_events_checked": watched,
+            "watch_moves": sum(w.moves for w in self.watchers),
+            "watch_compacted_restarts": sum(w.restarts_after_compaction
+                                            for w in self.watchers),
         }
         return RunResult(
             seed=self.seed,

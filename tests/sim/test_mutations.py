@@ -49,6 +49,10 @@ SAFETY = {
     # the leader's belief about durable copies, and a read's floor (thesis 10.2.1, 6.4)
     "Match soundness",
     "ReadIndex safety",
+    # leases never expire early; watches see every change once, in order
+    "Lease expiry",
+    "Watch order",
+    "Watch completeness",
 }
 
 
@@ -276,3 +280,43 @@ class ForgetfulNode(SimNode):
 def test_forget_vote_on_restart(replay_seed: int | None) -> None:
     failure = first_catch(replay_seed, ForgetfulNode)
     assert failure.invariant in {"Vote Uniqueness", "Election Safety", "Leader Completeness"}
+
+
+# -- leases and watches -------------------------------------------------------------------
+
+
+def test_new_leader_keeps_old_expiry_clock(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """etcd's rule removed: a new leader does not give leases a full TTL but counts them
+    from when they were granted (as if it knew the old leader's clock), so a lease kept
+    alive through the old leader expires early after a failover."""
+    from kvstore.server import lessor as lessor_mod
+
+    def promote(self: lessor_mod.Lessor, leases) -> None:  # noqa: ANN001
+        self.is_leader = True
+        self._ttl = dict(leases)
+        self._expiry = {lid: 0.0 for lid in self._ttl}  # "already due"
+        self._revoking = {}
+
+    monkeypatch.setattr(lessor_mod.Lessor, "promote", promote)
+    failure = first_catch(replay_seed)
+    assert failure.invariant == "Lease expiry"
+
+
+def test_watch_events_skip_a_revision(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """A watch cursor that moves one revision too far after each read loses the first
+    change of the next batch."""
+    from kvstore.storage.memory_store import MemoryNodeStore
+
+    original = MemoryNodeStore.events
+
+    def events(self: MemoryNodeStore, start_rev: int, key: bytes, range_end: bytes, **kw):  # noqa: ANN003, ANN202
+        got, nxt = original(self, start_rev, key, range_end, **kw)
+        return got, nxt + 1 if got else nxt
+
+    monkeypatch.setattr(MemoryNodeStore, "events", events)
+    failure = first_catch(replay_seed)
+    assert failure.invariant == "Watch completeness"
