@@ -35,7 +35,8 @@ from kvstore.client._core import (
 from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
 from kvstore.client.batching import BatchFailure, EndpointBatcher, batchable
 from kvstore.client.coordination import AsyncCoordination
-from kvstore.client.etcd_face import AsyncFace
+from kvstore.client.errors import InvalidArgument
+from kvstore.client.etcd_face import AsyncFace, refine
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -103,7 +104,10 @@ class AsyncKVClient(AsyncCoordination):
         ``lease``: attach the key to that lease (deleted when it ends); sent as a one-put
         Txn, since the native Put has no lease field."""
         if lease:
-            await self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            try:
+                await self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            except InvalidArgument as exc:
+                raise refine(exc) from None  # LeaseNotFound for a lease that is gone
             return
         await self._run(self._core.put(key, value, timeout))
 

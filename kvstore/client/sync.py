@@ -33,7 +33,8 @@ from kvstore.client._core import (
 )
 from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
 from kvstore.client.coordination import SyncCoordination
-from kvstore.client.etcd_face import SyncFace
+from kvstore.client.errors import InvalidArgument
+from kvstore.client.etcd_face import SyncFace, refine
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -99,7 +100,10 @@ class KVClient(SyncCoordination):
         ``lease``: attach the key to that lease (deleted when it ends); sent as a one-put
         Txn, since the native Put has no lease field."""
         if lease:
-            self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            try:
+                self.txn(success=[Op.put(key, value, lease=lease)], timeout=timeout)
+            except InvalidArgument as exc:
+                raise refine(exc) from None  # LeaseNotFound for a lease that is gone
             return
         self._run(self._core.put(key, value, timeout))
 

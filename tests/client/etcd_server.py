@@ -14,11 +14,19 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from tests.etcdapi.etcdctl_util import _free_ports, etcdctl, wait_until
 
 ETCD = shutil.which("etcd")
 NO_ETCD = "etcd is not installed (Debian package etcd-server): the client's etcd tests need it"
+
+
+class Server(Protocol):
+    """What the shared coordination tests need of a server: one client address that
+    speaks etcd's API (a real etcd here; a kvstore node in the cluster variants)."""
+
+    address: str
 
 
 class EtcdServer:

@@ -31,14 +31,14 @@ from kvstore.client import (
 )
 from kvstore.etcdapi.methods import KV, stub
 from kvstore.etcdpb import rpc_pb2 as pb
-from tests.client.etcd_server import ETCD, NO_ETCD, EtcdServer, etcd_server
+from tests.client.etcd_server import ETCD, NO_ETCD, EtcdServer, Server, etcd_server
 from tests.etcdapi.etcdctl_util import ETCDCTL, NO_ETCDCTL, etcdctl, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     if ETCD is None or ETCDCTL is None:
         pytest.skip(NO_ETCD if ETCD is None else NO_ETCDCTL)
     with etcd_server(tmp_path_factory.mktemp("etcd") / "data") as server:
@@ -46,8 +46,8 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def client(etcd: EtcdServer) -> Iterator[KVClient]:
-    with KVClient([etcd.address], timeout=10.0) as c:
+def client(server: Server) -> Iterator[KVClient]:
+    with KVClient([server.address], timeout=10.0) as c:
         yield c
 
 
@@ -75,8 +75,8 @@ class EtcdKV:
 
 
 @pytest.fixture
-def kv(etcd: EtcdServer) -> Iterator[EtcdKV]:
-    api = EtcdKV(etcd.address)
+def kv(server: Server) -> Iterator[EtcdKV]:
+    api = EtcdKV(server.address)
     yield api
     api.channel.close()
 
@@ -123,18 +123,18 @@ def test_lease_expires_after_keepalives_stop(client: KVClient, kv: EtcdKV) -> No
     assert client.lease_time_to_live(lease.id).ttl == -1
 
 
-def test_lost_lease_is_reported(client: KVClient, etcd: EtcdServer) -> None:
+def test_lost_lease_is_reported(client: KVClient, server: Server) -> None:
     seen: list[Any] = []
-    with KVClient([etcd.address]) as other, client.lease(3, on_lost=seen.append) as lease:
+    with KVClient([server.address]) as other, client.lease(3, on_lost=seen.append) as lease:
         other.lease_revoke(lease.id)  # someone else revokes it
         assert lease.wait_lost(10.0)
     assert lease.lost and "expired or was revoked" in lease.lost_reason
     assert seen == [lease]
 
 
-def test_async_lease(etcd: EtcdServer, kv: EtcdKV) -> None:
+def test_async_lease(server: Server, kv: EtcdKV) -> None:
     async def main() -> None:
-        async with AsyncKVClient([etcd.address]) as c:
+        async with AsyncKVClient([server.address]) as c:
             async with c.lease(2) as lease:
                 kv.put("lease/async", "x", lease=lease.id)
                 assert not await lease.wait_lost(2.5)
@@ -185,9 +185,9 @@ def test_watch_from_a_compacted_revision_raises(client: KVClient, kv: EtcdKV) ->
     assert info.value.compact_revision == now
 
 
-def test_async_watch(etcd: EtcdServer, kv: EtcdKV) -> None:
+def test_async_watch(server: Server, kv: EtcdKV) -> None:
     async def main() -> list[bytes]:
-        async with AsyncKVClient([etcd.address]) as c, c.watch("w4/", prefix=True) as events:
+        async with AsyncKVClient([server.address]) as c, c.watch("w4/", prefix=True) as events:
             kv.put("w4/a", "1")
             kv.put("w4/b", "2")
             got = [await events.get(10.0) for _ in range(2)]
@@ -200,14 +200,14 @@ def test_async_watch(etcd: EtcdServer, kv: EtcdKV) -> None:
 # --------------------------------------------------------------------------- locks
 
 
-def test_lock_mutual_exclusion_and_increasing_tokens(etcd: EtcdServer) -> None:
+def test_lock_mutual_exclusion_and_increasing_tokens(server: Server) -> None:
     inside: list[int] = []
     overlaps: list[str] = []
     tokens: list[int] = []
     guard = threading.Lock()
 
     def worker(name: str) -> None:
-        with KVClient([etcd.address]) as c:
+        with KVClient([server.address]) as c:
             for _ in range(4):
                 with c.lock("mx", ttl=10) as held:
                     with guard:
@@ -230,8 +230,8 @@ def test_lock_mutual_exclusion_and_increasing_tokens(etcd: EtcdServer) -> None:
 
 
 def test_lock_timeout_leaves_nothing_behind(client: KVClient, kv: EtcdKV,
-                                            etcd: EtcdServer) -> None:
-    with client.lock("lt", ttl=10) as held, KVClient([etcd.address]) as other:
+                                            server: Server) -> None:
+    with client.lock("lt", ttl=10) as held, KVClient([server.address]) as other:
         waiter = other.lock("lt", ttl=10)
         with pytest.raises(LockTimeout):
             waiter.acquire(timeout=0.5)
@@ -242,11 +242,11 @@ def test_lock_timeout_leaves_nothing_behind(client: KVClient, kv: EtcdKV,
         assert [bytes(k.key) for k in keys] == [held.key]
 
 
-def test_lock_lost_when_its_lease_is_revoked(client: KVClient, etcd: EtcdServer) -> None:
+def test_lock_lost_when_its_lease_is_revoked(client: KVClient, server: Server) -> None:
     lost: list[Any] = []
     held = client.lock("ll", ttl=5, on_lost=lost.append).acquire()
     try:
-        with KVClient([etcd.address]) as other:
+        with KVClient([server.address]) as other:
             assert held.lease is not None
             other.lease_revoke(held.lease.id)
         assert held.lease.wait_lost(10.0)
@@ -255,16 +255,16 @@ def test_lock_lost_when_its_lease_is_revoked(client: KVClient, etcd: EtcdServer)
         held.release()
 
 
-def test_lock_excludes_etcdctl_lock(client: KVClient, etcd: EtcdServer) -> None:
+def test_lock_excludes_etcdctl_lock(client: KVClient, server: Server) -> None:
     """`etcdctl lock` waits for our lock and then holds it under the same key layout."""
     held = client.lock("shared", ttl=10).acquire()
     proc = subprocess.Popen(
-        [str(ETCDCTL), f"--endpoints={etcd.address}", "lock", "shared"],
+        [str(ETCDCTL), f"--endpoints={server.address}", "lock", "shared"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
     try:
         # It queues behind us: its key appears under the prefix, after ours.
-        wait_until(lambda: len(_keys(etcd, "shared/")) == 2, 20.0, "etcdctl to queue")
+        wait_until(lambda: len(_keys(server, "shared/")) == 2, 20.0, "etcdctl to queue")
         held.release()
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()  # printed once it holds the lock
@@ -278,14 +278,14 @@ def test_lock_excludes_etcdctl_lock(client: KVClient, etcd: EtcdServer) -> None:
         assert again.token > held.token
 
 
-def _keys(etcd: EtcdServer, prefix: str) -> list[str]:
-    result = etcdctl([etcd.address], "get", prefix, "--prefix", "--keys-only")
+def _keys(server: Server, prefix: str) -> list[str]:
+    result = etcdctl([server.address], "get", prefix, "--prefix", "--keys-only")
     return [line for line in result.stdout.splitlines() if line]
 
 
-def test_async_lock(etcd: EtcdServer) -> None:
+def test_async_lock(server: Server) -> None:
     async def main() -> list[int]:
-        async with AsyncKVClient([etcd.address]) as a, AsyncKVClient([etcd.address]) as b:
+        async with AsyncKVClient([server.address]) as a, AsyncKVClient([server.address]) as b:
             first = await a.lock("al", ttl=10).acquire()
             second = b.lock("al", ttl=10)
             waiting = asyncio.ensure_future(second.acquire())
@@ -303,8 +303,8 @@ def test_async_lock(etcd: EtcdServer) -> None:
 # --------------------------------------------------------------------------- elections
 
 
-def test_election(client: KVClient, etcd: EtcdServer) -> None:
-    with KVClient([etcd.address]) as other:
+def test_election(client: KVClient, server: Server) -> None:
+    with KVClient([server.address]) as other:
         first, second = Election(client, "el", ttl=10), Election(other, "el", ttl=10)
         observer = Election(client, "el").observe()
         try:
@@ -331,9 +331,9 @@ def test_election(client: KVClient, etcd: EtcdServer) -> None:
 
 
 def test_election_interoperates_with_etcdctl_elect(client: KVClient,
-                                                   etcd: EtcdServer) -> None:
+                                                   server: Server) -> None:
     listener = subprocess.Popen(
-        [str(ETCDCTL), f"--endpoints={etcd.address}", "elect", "-l", "ee"],
+        [str(ETCDCTL), f"--endpoints={server.address}", "elect", "-l", "ee"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
     try:
@@ -346,7 +346,7 @@ def test_election_interoperates_with_etcdctl_elect(client: KVClient,
         listener.terminate()
         listener.wait(10)
     campaigner = subprocess.Popen(
-        [str(ETCDCTL), f"--endpoints={etcd.address}", "elect", "ee", "from-etcdctl"],
+        [str(ETCDCTL), f"--endpoints={server.address}", "elect", "ee", "from-etcdctl"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
     try:
@@ -359,9 +359,9 @@ def test_election_interoperates_with_etcdctl_elect(client: KVClient,
         campaigner.wait(10)
 
 
-def test_async_election(etcd: EtcdServer) -> None:
+def test_async_election(server: Server) -> None:
     async def main() -> None:
-        async with AsyncKVClient([etcd.address]) as c:
+        async with AsyncKVClient([server.address]) as c:
             async with AsyncElection(c, "ae", ttl=10) as e:
                 observed = AsyncElection(c, "ae").observe()
                 await e.campaign("a")
@@ -376,17 +376,17 @@ def test_async_election(etcd: EtcdServer) -> None:
     asyncio.run(main())
 
 
-def test_watch_resumes_after_the_member_is_killed(etcd: EtcdServer, kv: EtcdKV,
+def test_watch_resumes_after_the_member_is_killed(server: EtcdServer, kv: EtcdKV,
                                                   tmp_path: Path) -> None:
     """kill -9 of the only member mid-watch, restart: the watch resumes from its last
     revision, and sees every event exactly once, in order. (Last: it restarts etcd.)"""
-    with KVClient([etcd.address], timeout=30.0) as c, c.watch("wr/", prefix=True) as events:
+    with KVClient([server.address], timeout=30.0) as c, c.watch("wr/", prefix=True) as events:
         before = [kv.put(f"wr/{i}", str(i)) for i in range(3)]
         seen = [events.get(10.0) for _ in range(3)]
-        etcd.kill()
-        etcd.start()
+        server.kill()
+        server.start()
         kv.channel.close()
-        fresh = EtcdKV(etcd.address)
+        fresh = EtcdKV(server.address)
         try:
             after = [fresh.put(f"wr/{i}", f"again {i}") for i in range(3)]
         finally:
