@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from kvstore.lincheck import CheckResult, HistoryRecorder, Operation, Status, check
+from tests.faults.coordination import Lockers, Watchers, full_history, write_marker
 from tests.faults.nemesis import KINDS, Fault, Nemesis, heal_all, plan
 from tests.faults.nodes import DrillCluster
 from tests.faults.workload import StaleRead, Workload, check_stale_reads, final_reads
@@ -56,6 +57,8 @@ class DrillConfig:
     settle_timeout: float = 60.0  # heal, elect, read every key, converge: each this long
     settings: dict[str, Any] = field(default_factory=dict)  # extra cluster settings
     api: str = "native"  # "etcd": the clients speak etcd's v3 API (tests/faults/etcd_client)
+    watchers: int = 0  # watches of the workload's keys, checked against the full history
+    lockers: int = 0  # threads taking one lock in turns (mutual exclusion, fencing tokens)
 
     def command(self) -> str:
         """The soak command line that repeats this run."""
@@ -66,6 +69,8 @@ class DrillConfig:
             f"--op-timeout {self.op_timeout:g} --attempt-timeout {self.attempt_timeout:g}"
             + (" --overlap" if self.overlap else "")
             + (f" --api {self.api}" if self.api != "native" else "")
+            + (f" --watchers {self.watchers}" if self.watchers else "")
+            + (f" --lockers {self.lockers}" if self.lockers else "")
             + "".join(
                 f" --{key.replace('_', '-')} {value}"
                 for key, value in self.settings.items()
@@ -228,6 +233,8 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
     recorder = HistoryRecorder(clock=lambda: time.monotonic() - started)
     workload: Workload | None = None
     nemesis: Nemesis | None = None
+    watchers: Watchers | None = None
+    lockers: Lockers | None = None
     try:
         cluster.up()
         workload = Workload(
@@ -241,6 +248,12 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
             api=config.api,
         )
         workload.start()
+        if config.watchers:
+            watchers = Watchers(cluster.endpoints, config.watchers, config.seed)
+            watchers.start()
+        if config.lockers:
+            lockers = Lockers(cluster.endpoints, config.lockers, config.seed)
+            lockers.start()
         nemesis = Nemesis(cluster, schedule, sink=event)
         event(f"clients started; nemesis starts ({len(schedule)} faults planned)")
         nemesis.start()
@@ -251,6 +264,8 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
         event("settling: heal all, resume all, restart all")
         result.problems += heal_all(cluster, time.monotonic() + config.settle_timeout, event)
         time.sleep(config.tail)  # the clients' last stretch on a healed cluster (a schedule)
+        if lockers is not None:
+            lockers.stop()
         hung = workload.stop(config.op_timeout + 30)
         if hung:
             result.problems.append(f"client threads did not finish: {hung}")
@@ -264,6 +279,12 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
             result.problems.append(diverged)
         else:
             event("replicas converged")
+        if watchers is not None:
+            result.problems += _check_watchers(watchers, cluster.endpoints,
+                                               config.settle_timeout, event)
+        if lockers is not None:
+            result.problems += lockers.check()
+            event(f"lock holds: {len(lockers.holds)} ({lockers.failures} attempts failed)")
     except BaseException as exc:
         result.problems.append(f"drill aborted: {exc!r}\n{traceback.format_exc()}")
         if not isinstance(exc, Exception):
@@ -274,6 +295,10 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
                 result.problems.append("the nemesis thread did not stop")
         if workload is not None:
             workload.stop(config.op_timeout + 30)
+        if watchers is not None:
+            watchers.stop()
+        if lockers is not None:
+            lockers.stop()
         leftovers = cluster.close()
         if leftovers:
             result.problems.append(f"node processes survived teardown: {leftovers}")
@@ -290,6 +315,19 @@ def run_drill(config: DrillConfig, run_dir: Path, log: Log | None = None) -> Dri
     result.wall = time.monotonic() - started
     result.save()
     return result
+
+
+def _check_watchers(watchers: Watchers, endpoints: list[str], timeout: float,
+                    event: Callable[[str], None]) -> list[str]:
+    """Write the end marker, let every watcher reach it, and compare each with the full
+    history read by one watch from revision 1."""
+    marker = write_marker(endpoints, timeout)
+    if not watchers.wait_caught_up(marker, timeout):
+        behind = {i: watchers.last_revision(i) for i in range(watchers.count)}
+        return [f"watchers did not reach the end marker (revision {marker}): {behind}"]
+    history = full_history(endpoints, marker, timeout)
+    event(f"watchers: {watchers.count} saw the {len(history)} events of the history")
+    return watchers.check(history)
 
 
 def check_history(result: DrillResult) -> None:

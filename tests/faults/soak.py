@@ -56,6 +56,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--api", choices=("native", "etcd"), default="native",
                    help="the API the clients speak (default native; etcd: etcd's v3 KV)")
+    p.add_argument("--watchers", type=int, default=0,
+                   help="watches of the workload's keys, checked against the history")
+    p.add_argument("--lockers", type=int, default=0,
+                   help="threads taking one lock in turns (exclusion, fencing tokens)")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     p.add_argument("--keys", type=int, default=4, help="keys (default 4)")
     p.add_argument(
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             kinds=args.kind_list,
             overlap=args.overlap,
             api=args.api,
+            watchers=args.watchers,
+            lockers=args.lockers,
             clients=args.clients,
             keys=args.keys,
             op_timeout=op_timeout,
