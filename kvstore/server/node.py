@@ -30,6 +30,7 @@ from kvstore.server.runtime import (
     execute_write,
     resolve_applied,
 )
+from kvstore.server.watch_hub import WatchHub
 from kvstore.state.commands import ApplyResult
 from kvstore.storage.errors import OutOfSpaceError
 
@@ -93,6 +94,8 @@ class NodeDriver:
         self._wake = asyncio.Event()
         # Watchers waiting for the store to reach a revision: (revision, future).
         self._revision_waiters: list[tuple[int, asyncio.Future[int]]] = []
+        # This member's watchers (the Watch service subscribes them).
+        self.watch_hub = WatchHub(store)
         self._stopping = False
         self.out_of_space = ""  # the last out-of-space error while a write waits for space
 
@@ -200,8 +203,11 @@ class NodeDriver:
                 while (plan := rt.next_plan()) is not None:
                     results = await self._carry_out(plan)
                     rt.finish(plan, results)
-                    if self._revision_waiters and (results or plan.install is not None):
-                        self._wake_watchers()
+                    if results or plan.install is not None:
+                        if self.watch_hub.subs:
+                            self.watch_hub.publish()
+                        if self._revision_waiters:
+                            self._wake_watchers()
                     if rt.resync_finished() and self._resync_marker is not None:
                         # A leader reached us and what it told us is on disk: from now on
                         # the data dir is an ordinary member's.
