@@ -203,6 +203,8 @@ class Lease(_LeaseBase):
             except KVError:
                 schedule.failed(time.monotonic())
                 continue
+            except RuntimeError:  # the client was closed under the lease: stop renewing
+                return
             if self._stop.is_set():
                 return
             if ttl <= 0:
@@ -290,6 +292,8 @@ class AsyncLease(_LeaseBase):
             except KVError:
                 schedule.failed(time.monotonic())
                 continue
+            except RuntimeError:  # the client was closed under the lease: stop renewing
+                return
             if ttl <= 0:
                 self._lose(_expired_reason(self._id))
                 return
