@@ -1,4 +1,4 @@
-"""etcd's v3 gRPC API (KV, Maintenance, Cluster) served on every node's client port.
+"""etcd's v3 gRPC API (KV, Maintenance, Cluster, Watch, Lease) served on every node's client port.
 
 The services are thin translations onto kvstore's own commands and read path (see
 kvstore/server/mvcc_requests.py and the MVCC store): etcd clients (etcdctl, aetcd, ...)

@@ -1,11 +1,18 @@
 """Wiring of etcd's API into a node's two gRPC servers (called by kvstore.server.app).
 
-Client port: etcdserverpb.KV, .Maintenance and .Cluster, with the client port's TLS like
-kvstore's own API. Peer port: the forward service (forward.py), which followers use to
-reach the leader; it admits members only (peer TLS and the PeerGate).
+Client port: etcdserverpb.KV, .Maintenance, .Cluster, .Watch and .Lease, with the client
+port's TLS like kvstore's own API. Peer port: the forward service (forward.py), which
+followers use to reach the leader; it admits members only (peer TLS and the PeerGate).
+
+KVSTORE_WATCH_PROGRESS_NOTIFY_INTERVAL (seconds, default 600 as etcd's) sets how often an
+idle watch that asked for progress_notify hears the current revision: etcd's hidden
+--experimental-watch-progress-notify-interval, for tests and impatient clients.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import grpc
 
@@ -13,12 +20,30 @@ from kvstore.etcdapi.cluster_service import EtcdClusterService
 from kvstore.etcdapi.common import EtcdNode, Store
 from kvstore.etcdapi.forward import Forwarder, forward_handler
 from kvstore.etcdapi.kv_service import EtcdKVService
+from kvstore.etcdapi.lease_service import EtcdLeaseService
 from kvstore.etcdapi.maintenance_service import EtcdMaintenanceService
 from kvstore.etcdapi.members import MemberBook
-from kvstore.etcdapi.methods import CLUSTER, KV, MAINTENANCE, generic_handler
+from kvstore.etcdapi.methods import CLUSTER, KV, LEASE, MAINTENANCE, WATCH, generic_handler
+from kvstore.etcdapi.watch_service import DEFAULT_PROGRESS_INTERVAL, EtcdWatchService
 from kvstore.server.config import NodeConfig
 from kvstore.server.identity import PeerGate
 from kvstore.server.node import NodeDriver
+
+log = logging.getLogger("kvstore.etcdapi")
+PROGRESS_INTERVAL_ENV = "KVSTORE_WATCH_PROGRESS_NOTIFY_INTERVAL"
+
+
+def progress_interval() -> float:
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_PROGRESS_INTERVAL
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        log.warning("%s=%r is not a positive number of seconds; using %s", PROGRESS_INTERVAL_ENV,
+                    raw, DEFAULT_PROGRESS_INTERVAL)
+        value = DEFAULT_PROGRESS_INTERVAL
+    return value
 
 
 def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
@@ -36,14 +61,19 @@ def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
     kv = EtcdKVService(node, forwarder)
     maintenance = EtcdMaintenanceService(node, forwarder)
     cluster = EtcdClusterService(node, forwarder)
+    watch = EtcdWatchService(node, progress_interval=progress_interval())
+    lease = EtcdLeaseService(node, forwarder)
     client_server.add_generic_rpc_handlers((
         generic_handler(KV, kv.handlers()),
         generic_handler(MAINTENANCE, maintenance.handlers()),
         generic_handler(CLUSTER, cluster.handlers()),
+        generic_handler(WATCH, watch.handlers()),
+        generic_handler(LEASE, lease.handlers()),
     ))
     peer_server.add_generic_rpc_handlers((forward_handler(gate, {
         **kv.local,
         "Alarm": maintenance.alarm,
         "MemberList": cluster.local_member_list,
+        **lease.forward_local(),
     }),))
     return forwarder

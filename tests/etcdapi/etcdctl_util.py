@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -205,6 +206,17 @@ def wait_until(check: Any, timeout: float, what: str, poll: float = 0.1) -> Any:
         time.sleep(poll)
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @contextmanager
 def real_etcd(data_dir: Path) -> Iterator[str]:
     """A single-member etcd on loopback; yields its client address; always stopped."""
@@ -225,10 +237,68 @@ def real_etcd(data_dir: Path) -> Iterator[str]:
             [address], "endpoint", "health").returncode == 0, 30.0, "etcd to serve")
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
         log.close()
+
+
+# -- long-running etcdctl commands (watch, lease keep-alive, lock, elect) ----------------
+
+class Background:
+    """An etcdctl command left running (watch, keep-alive, lock, elect): its stdout lines
+    are collected by a thread; ``wait_lines`` polls them with a deadline; ``stop`` sends
+    SIGTERM (etcdctl then releases a lock or resigns), then SIGKILL. Use as a context
+    manager so that it is stopped even when a test fails."""
+
+    def __init__(self, endpoints: list[str], *args: str) -> None:
+        assert ETCDCTL is not None, NO_ETCDCTL
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        self.args = args
+        self.proc = subprocess.Popen(
+            [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--dial-timeout=5s", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._pump, args=(s, out), daemon=True)
+                         for s, out in ((self.proc.stdout, self.lines),
+                                        (self.proc.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, stream: Any, out: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                out.append(line.rstrip("\n"))
+
+    def output(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def wait_lines(self, count: int, timeout: float = 30.0) -> list[str]:
+        """The first ``count`` stdout lines (fails with what came if they do not)."""
+        wait_until(lambda: len(self.output()) >= count or self.proc.poll() is not None,
+                   timeout, f"{count} lines from etcdctl {' '.join(self.args)}")
+        lines = self.output()
+        assert len(lines) >= count, (f"etcdctl {' '.join(self.args)} ended "
+                                     f"(rc {self.proc.poll()}) after {lines}; "
+                                     f"stderr: {self.err}")
+        return lines[:count]
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        rc = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def stop(self) -> int:
+        terminate(self.proc)
+        for t in self._threads:
+            t.join(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
