@@ -5,6 +5,9 @@ in package kvstore.etcdpb, so both load in one process (checked here too)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from tests.integration.cluster_util import Cluster
@@ -64,3 +67,59 @@ async def test_aetcd_put_get_range_delete_txn(shared_cluster: Cluster) -> None:
             members = [m async for m in client.members()]
             assert sorted(m.name for m in members) == shared_cluster.ids
     assert leader
+
+
+async def _next_events(watch: Any, count: int) -> list[Any]:
+    out: list[Any] = []
+    iterator = watch.__aiter__()
+    while len(out) < count:
+        out.append(await asyncio.wait_for(iterator.__anext__(), 30))
+    return out
+
+
+async def test_aetcd_watch_prefix_from_a_revision_on_every_member(
+        shared_cluster: Cluster) -> None:
+    for node in shared_cluster.ids:
+        host, port = shared_cluster.address(node).rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port), timeout=10) as client:
+            p = f"aw/{node}/".encode()
+            first = (await client.put(p + b"a", b"1")).header.revision
+            await client.put(p + b"b", b"2")
+            await client.delete(p + b"a")
+            watch = await client.watch_prefix(p, start_revision=first, prev_kv=True)
+            try:
+                replay = await _next_events(watch, 3)
+                await client.put(p + b"c", b"3")
+                live = await _next_events(watch, 1)
+            finally:
+                await watch.cancel()
+            evs = replay + live
+            assert [(e.kind, e.kv.key, e.kv.mod_revision) for e in evs] == [
+                ("PUT", p + b"a", first), ("PUT", p + b"b", first + 1),
+                ("DELETE", p + b"a", first + 2), ("PUT", p + b"c", first + 3)]
+            assert evs[2].prev_kv is not None and evs[2].prev_kv.value == b"1"
+
+
+async def test_aetcd_lease_grant_refresh_revoke_through_a_follower(
+        shared_cluster: Cluster) -> None:
+    leader = shared_cluster.leader()
+    follower = next(n for n in shared_cluster.ids if n != leader)
+    host, port = shared_cluster.address(follower).rsplit(":", 1)
+    async with aetcd.Client(host=host, port=int(port), timeout=10) as client:
+        lease = await client.lease(600)
+        assert lease.id > 0 and lease.ttl == 600
+        fixed = await client.lease(600, lease_id=0x5EED)
+        assert fixed.id == 0x5EED
+        with pytest.raises(aetcd.exceptions.ClientError):  # etcd: lease already exists
+            await client.lease(600, lease_id=0x5EED)
+        await client.put(b"al/k", b"v", lease=lease.id)
+        refreshed = await lease.refresh()  # one LeaseKeepAlive stream, one request
+        assert (refreshed.ID, refreshed.TTL) == (lease.id, 600)
+        assert 0 < await lease.remaining_ttl() <= 600
+        assert await lease.granted_ttl() == 600
+        assert await lease.keys() == [b"al/k"]
+        await lease.revoke()
+        await fixed.revoke()
+        assert await client.get(b"al/k") is None
+        assert await lease.remaining_ttl() == -1
+
