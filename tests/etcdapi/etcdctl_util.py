@@ -81,6 +81,8 @@ def mask(value: Any, parent: str = "") -> Any:
 
 
 _TOOK = re.compile(r"took = \S+")
+_REMAINING = re.compile(r"remaining\(\d+s\)")
+_ATTACHED = re.compile(r"attached keys\(\[([^]]*)\]\)")  # etcd lists them in map order
 _ADDR = re.compile(r"127\.0\.0\.1:\d+")
 _HEX_ID = re.compile(r"\b[0-9a-f]{16}\b")
 
@@ -95,6 +97,9 @@ def normalize(stdout: str) -> Any:
         except json.JSONDecodeError:
             pass
     text = _TOOK.sub("took = <t>", text)
+    text = _REMAINING.sub("remaining(<s>)", text)
+    text = _ATTACHED.sub(lambda m: f"attached keys([{' '.join(sorted(m.group(1).split()))}])",
+                         text)
     text = _ADDR.sub("<endpoint>", text)
     return _HEX_ID.sub("<id>", text)
 
@@ -160,6 +165,30 @@ SEQUENCE: list[Step] = [
     _s("alarm", "list"),
     _s("get", "z", "-w", "json"),
 ]
+
+
+# Leases, after LEASE_ID was granted with a TTL of 600 s (etcdctl cannot choose an id).
+LEASE_ID = 0x1234
+LEASE_SEQUENCE: list[Step] = [
+    _s("put", "--lease=1234", "la", "1"),
+    _s("put", "--lease=1234", "lb", "2"),
+    _s("put", "lc", "3"),
+    _s("put", "--lease=1234", "la", "1b", "--prev-kv", "-w", "json"),
+    _s("put", "--lease=999", "ld", "4"),
+    _s("lease", "timetolive", "1234", "--keys"),
+    _s("get", "l", "--prefix", "-w", "json"),
+    _s("lease", "list"),
+    _s("lease", "keep-alive", "--once", "1234"),
+    _s("lease", "revoke", "1234"),
+    _s("get", "l", "--prefix", "-w", "json"),
+    _s("lease", "timetolive", "1234"),
+    _s("lease", "revoke", "1234"),
+    _s("lease", "keep-alive", "--once", "1234"),
+    _s("lease", "list"),
+]
+# Then a replay of all of it: 4 puts and the revoke's 2 deletes, with previous values.
+WATCH_REPLAY = ("watch", "l", "--prefix", "--rev", "2", "--prev-kv", "-w", "json")
+WATCH_REPLAY_EVENTS = 6
 
 
 def run_sequence(endpoints: list[str], steps: list[Step] = SEQUENCE,
