@@ -281,3 +281,18 @@ def test_lmdb_defragment_shrinks_the_file_and_keeps_the_data(tmp_path) -> None:
         more = [Entry(term=1, index=803, data=encode_txn(b"", 0, 0, _txn_of({b"z": b"1"}, [])))]
         store.persist_and_apply(HardState(term=1, commit=803), more, more)
         assert store.range(RR(key=b"z"))[0].kvs[0].mod_revision == 803
+
+
+def test_hash_check_digest_does_not_depend_on_batching() -> None:
+    """Members batch entries differently; a hash check in the middle of a batch must see
+    the revision the entries before it made (it is cached for the batch)."""
+    from kvstore.state.commands import encode_hash_check
+
+    datas = [encode_txn(b"", 0, 0, _txn_of({b"a": b"1"}, [])), encode_hash_check(),
+             encode_txn(b"", 0, 0, _txn_of({b"b": b"2"}, [])), encode_hash_check()]
+    entries = [Entry(term=1, index=i + 1, data=d) for i, d in enumerate(datas)]
+    sm = ShardedStateMachine(shards=2, vnodes=4)
+    one_batch = sm.apply_batch(DictTxn({}), entries)
+    txn = DictTxn({})
+    one_by_one = [sm.apply_batch(txn, [e])[0] for e in entries]
+    assert [r.digest for r in one_batch] == [r.digest for r in one_by_one]
