@@ -78,6 +78,7 @@ class _LeaseBase:
         self.on_lost = on_lost
         self.keepalive = keepalive
         self.lost_reason = ""
+        self.renewals = 0  # keep-alives answered with a live TTL (diagnostics, tests)
         self._revoked = False
         self._schedule: KeepAliveSchedule | None = None
 
@@ -211,6 +212,7 @@ class Lease(_LeaseBase):
                 self._lose(_expired_reason(self._id))
                 return
             schedule.answered(ttl, sent)
+            self.renewals += 1
 
 
 class AsyncLease(_LeaseBase):
@@ -298,6 +300,7 @@ class AsyncLease(_LeaseBase):
                 self._lose(_expired_reason(self._id))
                 return
             schedule.answered(ttl, sent)
+            self.renewals += 1
 
 
 __all__ = ["AsyncLease", "KeepAliveSchedule", "Lease", "LeaseGrant", "LeaseInfo"]

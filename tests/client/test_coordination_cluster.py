@@ -16,12 +16,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
-from kvstore.client import KVClient, KVError, LeaseNotFound
+from kvstore.client import Compacted, KVClient, KVError, LeaseNotFound
+from kvstore.etcdpb import rpc_pb2 as pb
 from tests.cli.cli_util import running_cluster
 from tests.client.test_coordination_etcd import *  # noqa: F403 - the shared tests, re-run here
-from tests.etcdapi.etcdctl_util import ETCDCTL, NO_ETCDCTL
+from tests.client.test_coordination_etcd import EtcdKV
+from tests.etcdapi.etcdctl_util import ETCDCTL, NO_ETCDCTL, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -95,3 +98,44 @@ def test_watch_resumes_after_the_member_is_killed(server: Any, tmp_path: Path) -
     assert [(e.key, e.value) for e in seen if e] == written
     revisions = [e.mod_revision for e in seen if e]
     assert revisions == sorted(set(revisions))
+
+
+def test_lease_survives_a_leader_failover(kv_cluster: Any) -> None:
+    """kill -9 of the leader while a lease is kept alive: the keep-alives move to the new
+    leader, which gives the lease its full TTL again, so the lease and its key live on."""
+    cluster = kv_cluster
+    with KVClient(cluster.endpoints, timeout=10.0) as c, c.lease(10) as lease:
+        c.put("fo/key", "v", lease=lease.id)
+        leader = cluster.leader()
+        cluster.ok("cluster", "stop", leader, "--kill")
+        try:
+            cluster.leader(exclude=leader)
+            renewed = lease.renewals
+            wait_until(lambda: lease.renewals >= renewed + 3 or lease.lost, 60.0,
+                       "three keep-alives answered after the failover")
+            assert not lease.lost, lease.lost_reason
+            assert c.get("fo/key") == b"v" and lease.ttl() > 0
+        finally:
+            cluster.ok("cluster", "start", leader)
+
+
+def test_watch_from_a_compacted_revision_raises(client: KVClient, kv: EtcdKV) -> None:  # noqa: F811
+    """As the etcd test, after waiting for the member to apply the compaction itself: a
+    follower answers a forwarded Compact once the leader applied it, possibly before it
+    did (etcd answers only after the member that took the request applied it)."""
+    old = kv.put("w3c", "1")
+    now = kv.put("w3c", "2")
+    kv.compact(now)
+
+    def compacted_here() -> bool:
+        try:
+            kv.kv.Range(pb.RangeRequest(key=b"w3c", revision=old, serializable=True),
+                        timeout=10)
+        except grpc.RpcError as exc:
+            return "compacted" in (exc.details() or "")
+        return False
+
+    wait_until(compacted_here, 20.0, "the member to apply the compaction")
+    with client.watch("w3c", start_revision=old) as events, pytest.raises(Compacted) as info:
+        events.get(10.0)
+    assert info.value.compact_revision == now
