@@ -110,6 +110,7 @@ class Invariants:
         self.durable_applied: dict[str, int] = {n: 0 for n in self.ids}
         self.committed: list[_Committed] = []
         self.applied: list[tuple[Entry, ApplyResult]] = []
+        self.hash_checks: dict[int, tuple[str, str]] = {}  # index -> (first node, digest)
         self.applications: dict[str, Counter[tuple[bytes, int]]] = {
             n: Counter() for n in self.ids}
         self.views: dict[str, _NodeView] = {n: _NodeView() for n in self.ids}
@@ -149,11 +150,23 @@ class Invariants:
             by_index = {e.index: e for e in rd.committed}
             for r in results:
                 self._applied(node_id, by_index[r.index], r)
+                if r.digest:
+                    self._hash_checked(node_id, r.index, r.digest)
         if rd.snapshot is not None and store.state_digests() != self._oracle_digests(applied):
             # (entries after the snapshot may have been applied in the same write)
             raise Violation("State Machine Safety", (
                 f"{node_id} installed a snapshot at {rd.snapshot.meta.index}; its state at "
                 f"applied index {applied} differs from the agreed log's up to there"))
+
+    def _hash_checked(self, node_id: str, index: int, digest: str) -> None:
+        """Every member hashes its state at a hash-check entry; members that applied the
+        same log must agree, however they batched it (else the CORRUPT alarm is raised
+        on healthy members)."""
+        first = self.hash_checks.setdefault(index, (node_id, digest))
+        if first[1] != digest:
+            raise Violation("Hash checks agree", (
+                f"at the hash check of entry {index}, {first[0]} hashed {first[1]} and "
+                f"{node_id} hashed {digest}"))
 
     def _installed(self, node_id: str, index: int, term: int) -> None:
         """A snapshot replaced the node's state and log: it must be exactly the agreed

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, Role
 from kvstore.server.lessor import Lessor
-from kvstore.state.commands import ApplyResult, encode_lease_grant, encode_txn
+from kvstore.state.commands import (
+    ApplyResult,
+    encode_hash_check,
+    encode_lease_grant,
+    encode_txn,
+)
 from tests.sim.invariants import Violation
 from tests.sim.node import Promise, SimNode
 from tests.sim.world import US_PER_MS, US_PER_S, World
@@ -120,6 +125,8 @@ class SimLeaseHolder:
             elif kept and roll < 0.75:
                 self.held[self.rng.choice(kept)].kept = False
                 self.world.log("lease holder abandons a lease")
+            if roll > 0.85 and node.role == Role.LEADER:  # members compare state hashes
+                node.propose(encode_hash_check())
             for lid in kept:  # keep-alives every round, mostly to the leader we know
                 target = node if self.rng.random() < 0.8 else self.rng.choice(
                     list(self.nodes.values()))

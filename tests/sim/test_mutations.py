@@ -53,6 +53,7 @@ SAFETY = {
     "Lease expiry",
     "Watch order",
     "Watch completeness",
+    "Hash checks agree",
 }
 
 
