@@ -47,7 +47,7 @@ from kvstore.server.kv_rules import KVRules
 from kvstore.server.lessor import LeaseNotFound
 from kvstore.server.request_error import RequestError
 from kvstore.state import commands
-from kvstore.state.leases import ERR_LEASE_EXISTS, ERR_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL
+from kvstore.state.leases import ERR_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL
 
 T = TypeVar("T")
 
@@ -56,17 +56,9 @@ T = TypeVar("T")
 KEEPALIVE_TIMEOUT_SECONDS = 7.0
 RETRY_PAUSE_SECONDS = 0.05
 
-# etcd's codes for the lease refusals (mvcc_status knows "not found" only).
-_LEASE_CODES = {
-    ERR_LEASE_EXISTS: grpc.StatusCode.FAILED_PRECONDITION,
-    ERR_LEASE_TTL_TOO_LARGE: grpc.StatusCode.OUT_OF_RANGE,
-}
-
-
 def lease_failure(message: str) -> RequestError:
-    """etcd's status for a refused lease operation."""
-    code = _LEASE_CODES.get(message)
-    return RequestError(code, message) if code is not None else mvcc_failure(message)
+    """etcd's status for a refused lease operation (mvcc_requests maps them all)."""
+    return mvcc_failure(message)
 
 
 class EtcdLeaseService:

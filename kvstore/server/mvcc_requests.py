@@ -12,6 +12,7 @@ import grpc
 
 from kvstore.etcdpb import rpc_pb2
 from kvstore.server.request_error import RequestError
+from kvstore.state.leases import ERR_LEASE_EXISTS, ERR_LEASE_TTL_TOO_LARGE
 from kvstore.state.mvcc import (
     ERR_COMPACTED,
     ERR_FUTURE_REV,
@@ -35,6 +36,8 @@ _MVCC_CODES = {
     ERR_FUTURE_REV: grpc.StatusCode.OUT_OF_RANGE,
     ERR_KEY_NOT_FOUND: grpc.StatusCode.INVALID_ARGUMENT,
     ERR_LEASE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ERR_LEASE_EXISTS: grpc.StatusCode.FAILED_PRECONDITION,
+    ERR_LEASE_TTL_TOO_LARGE: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 
@@ -43,9 +46,9 @@ def _invalid(message: str) -> RequestError:
 
 
 def mvcc_status(message: str) -> RequestError:
-    """The status etcd answers a data-model refusal (MvccError, ApplyResult.error) with,
-    in etcd's wire form: its mvcc errors get the "etcdserver: " prefix ("etcdserver: mvcc:
-    required revision has been compacted"), which etcd clients match (clientv3's
+    """The status etcd answers a data-model or lease refusal (MvccError, ApplyResult.error)
+    with, in etcd's wire form: its mvcc errors get the "etcdserver: " prefix ("etcdserver:
+    mvcc: required revision has been compacted"), which etcd clients match (clientv3's
     rpctypes.ErrCompacted). Both APIs answer the same text."""
     code = _MVCC_CODES.get(message, grpc.StatusCode.UNKNOWN)
     if message.startswith("mvcc: "):
