@@ -125,6 +125,21 @@ CASES = [
             api="etcd",
         ),
     ),
+    # Watches and a lock under crashes, pauses and partitions: every watcher sees the
+    # whole history once, in order; lock holds never overlap, tokens only grow.
+    Case(
+        "coordination-3",
+        DrillConfig(
+            nodes=3,
+            seconds=18,
+            seed=5,
+            kinds=("kill", "pause", "isolate"),
+            op_timeout=1.5,
+            attempt_timeout=0.75,
+            watchers=2,
+            lockers=3,
+        ),
+    ),
 ]
 
 
