@@ -110,6 +110,17 @@ class EtcdNode:
             raise failure(err) from None
 
 
+async def catch_up(node: EtcdNode, method: str, request: Any, response: Any,
+                   timeout: float) -> None:
+    """Wait until this member applied what the leader answered a relayed request with: the
+    revision in its header, or for a Compact the compaction itself (it takes no revision).
+    After `timeout` the answer is relayed anyway (it is committed)."""
+    if method == "Compact":
+        await node.driver.wait_for_revision(request.revision, timeout, compacted=True)
+    elif response.header.revision:
+        await node.driver.wait_for_revision(response.header.revision, timeout)
+
+
 def failure(err: BaseException) -> RequestError:
     """etcd's status for a request the runtime failed with ``err``."""
     if isinstance(err, RequestError):

@@ -139,11 +139,24 @@ def forward_handler(gate: PeerGate, local: Mapping[str, Local]) -> grpc.GenericR
     return generic_handler(FORWARD_SERVICE, {m: make(m, fn) for m, fn in local.items()})
 
 
+# How long a relayed answer waits at most for this member to apply it when the call has
+# no deadline (the answer is relayed anyway then: the write is committed).
+CATCH_UP_SECONDS = 5.0
+# (method, request, relayed response, timeout): wait until this member applied it.
+CatchUp = Callable[[str, Any, Any, float], Awaitable[None]]
+
+
 def client_handler(member_id: int, forwarder: Forwarder | None, method: str,
-                   fn: Local) -> Callable[..., Awaitable[Any]]:
+                   fn: Local, catch_up: CatchUp | None = None
+                   ) -> Callable[..., Awaitable[Any]]:
     """A client-port handler: run ``fn`` here; if the runtime says this node is not the
     leader, forward the request to the leader and relay its answer (our member id in the
-    header, as the member that served the client)."""
+    header, as the member that served the client).
+
+    With ``catch_up`` (see common.catch_up), a forwarded answer is relayed only
+    once this member has applied up to the answer's revision, as etcd answers a request
+    once the member that received it applied it: a client that then reads or watches on
+    this member (serializable) sees its own write, or its own compaction."""
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -156,6 +169,10 @@ def client_handler(member_id: int, forwarder: Forwarder | None, method: str,
                 response = await forwarder.to_leader(err, method, request, context)
                 if response.HasField("header"):
                     response.header.member_id = member_id
+                    if catch_up is not None:
+                        left = context.time_remaining()
+                        await catch_up(method, request, response,
+                                       CATCH_UP_SECONDS if left is None else max(left, 0.0))
                 return response
         except RequestError as err:
             await abort(context, err)

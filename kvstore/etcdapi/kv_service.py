@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from kvstore.etcdapi.common import EtcdNode, mvcc_failure
+from kvstore.etcdapi.common import EtcdNode, catch_up, mvcc_failure
 from kvstore.etcdapi.forward import Forwarder, Local, client_handler
 from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.server import mvcc_requests as mr
@@ -44,9 +44,14 @@ class EtcdKVService:
             "Compact": self.compact,
         }
 
+    async def _catch_up(self, method: str, request: Any, response: Any,
+                        timeout: float) -> None:
+        await catch_up(self.node, method, request, response, timeout)
+
     def handlers(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         """Client-port handlers (forwarding to the leader where needed)."""
-        return {m: client_handler(self.node.member_id, self.forwarder, m, fn)
+        return {m: client_handler(self.node.member_id, self.forwarder, m, fn,
+                                 catch_up=self._catch_up)
                 for m, fn in self.local.items()}
 
     # -- reads --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from kvstore.etcdapi.common import (
     ERR_NO_LEADER,
     EtcdNode,
     abort,
+    catch_up,
     failure,
     mvcc_failure,
     unavailable,
@@ -72,9 +73,14 @@ class EtcdLeaseService:
             "LeaseLeases": self.leases,
         }
 
+    async def _catch_up(self, method: str, request: Any, response: Any,
+                        timeout: float) -> None:
+        await catch_up(self.node, method, request, response, timeout)
+
     def handlers(self) -> dict[str, Any]:
         """Client-port handlers: the unary ones forward to the leader where needed."""
-        unary: dict[str, Any] = {m: client_handler(self.node.member_id, self.forwarder, m, fn)
+        unary: dict[str, Any] = {m: client_handler(self.node.member_id, self.forwarder, m, fn,
+                                 catch_up=self._catch_up)
                                  for m, fn in self.local.items()}
         return {**unary, "LeaseKeepAlive": self.keepalive_stream}
 

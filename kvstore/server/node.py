@@ -93,7 +93,8 @@ class NodeDriver:
         )
         self._wake = asyncio.Event()
         # Watchers waiting for the store to reach a revision: (revision, future).
-        self._revision_waiters: list[tuple[int, asyncio.Future[int]]] = []
+        # (revision, 0: current / 1: compacted, future)
+        self._revision_waiters: list[tuple[int, int, asyncio.Future[int]]] = []
         # This member's watchers (the Watch service subscribes them).
         self.watch_hub = WatchHub(store)
         self._stopping = False
@@ -140,33 +141,36 @@ class NodeDriver:
         await self.read_index()
         return self.runtime.lessor.keepalive(lease_id, since)
 
-    async def wait_for_revision(self, revision: int, timeout: float) -> int:
-        """The store's current revision once it is >= `revision` (at once if it already
-        is), or whatever it is after `timeout` seconds. What a watch waits on between two
-        reads of the store; woken after every applied batch while someone waits."""
-        current = self.store.revisions()[0]
+    async def wait_for_revision(self, revision: int, timeout: float,
+                                compacted: bool = False) -> int:
+        """The store's current revision (with `compacted`: its compacted revision) once it
+        is >= `revision` (at once if it already is), or whatever it is after `timeout`
+        seconds. Woken after every applied batch while someone waits: how a member that
+        relayed a write from the leader answers only once it applied the write itself."""
+        which = 1 if compacted else 0
+        current = self.store.revisions()[which]
         if current >= revision:
             return current
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        entry = (revision, fut)
+        entry = (revision, which, fut)
         self._revision_waiters.append(entry)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            return self.store.revisions()[0]
+            return self.store.revisions()[which]
         finally:
             if entry in self._revision_waiters:
                 self._revision_waiters.remove(entry)
 
     def _wake_watchers(self) -> None:
-        current = self.store.revisions()[0]
+        revisions = self.store.revisions()
         still = []
-        for revision, fut in self._revision_waiters:
-            if revision <= current:
+        for revision, which, fut in self._revision_waiters:
+            if revision <= revisions[which]:
                 if not fut.done():
-                    fut.set_result(current)
+                    fut.set_result(revisions[which])
             else:
-                still.append((revision, fut))
+                still.append((revision, which, fut))
         self._revision_waiters = still
 
     def report_unreachable(self, peer: str) -> None:
