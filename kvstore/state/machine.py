@@ -314,9 +314,9 @@ class ShardedStateMachine:
         return h.hexdigest()
 
     def history_digest(self, txn: KVTxn) -> str:
-        """Hex digest of the revisions and history (equal on replicas in sync)."""
+        """Hex digest of the revisions, history and leases (equal on replicas in sync)."""
         h = hashlib.blake2b(digest_size=16)
-        for db in (MVCC_DB, REVS_DB, KHIST_DB):
+        for db in (MVCC_DB, REVS_DB, KHIST_DB, LEASES_DB):
             h.update(self._db_digest(txn, db).encode())
         return h.hexdigest()
 
