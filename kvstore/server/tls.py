@@ -14,6 +14,7 @@ a message naming the flag instead of surfacing later as failed handshakes.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,22 @@ def client_server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
         root = _pem(tls.trusted_ca_file, "--trusted-ca-file", "CERTIFICATE")
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=root, require_client_auth=tls.client_cert_auth)
+
+
+def client_http_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
+    """The client port's TLS for HTTP/1.1 clients of the JSON gateway: the same
+    certificate, key and client-certificate rule as the gRPC credentials above, offering
+    only HTTP/1.1 by ALPN (see port_mux)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.trusted_ca_file is not None:
+            ctx.load_verify_locations(tls.trusted_ca_file)
+    except (OSError, ssl.SSLError) as err:
+        raise TLSSetupError(f"client port TLS files: {err}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_cert_auth else ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def peer_server_credentials(tls: PeerTLS) -> grpc.ServerCredentials:

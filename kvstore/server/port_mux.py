@@ -1,0 +1,251 @@
+"""One client port for gRPC and etcd's JSON gateway, as etcd serves both on one port.
+
+Clients such as Patroni replace their configured endpoints with the client URLs the
+members report, and then speak HTTP/1.1 JSON to them, while etcdctl and the gRPC clients
+speak HTTP/2 to the same URLs. Python's gRPC server cannot answer HTTP/1.1, so the node's
+gRPC server listens on an internal loopback port and this multiplexer owns the public one.
+It looks at the first bytes of each connection without consuming them (MSG_PEEK):
+
+* plaintext: the HTTP/2 connection preface ("PRI * HTTP/2.0") means gRPC; anything else is
+  HTTP/1.1 for the gateway;
+* TLS: the ClientHello is in the clear; its ALPN list decides. gRPC clients offer "h2"
+  only, HTTP clients (curl, urllib3) offer "http/1.1" (curl also "h2", so "http/1.1" wins)
+  or nothing. For gRPC the encrypted bytes are passed through untouched, so gRPC itself
+  still does TLS and the client-certificate check; for HTTP/1.1 Python's ssl terminates
+  TLS with the same certificate, key and client-CA settings, then the gateway answers.
+
+A gRPC connection is spliced to the internal port by two threads doing blocking
+send/recv (the GIL is released while they wait), not by the node's event loop, which
+must stay free for Raft. The cost on the gRPC path is one loopback hop per message; the
+README gives the measured figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("kvstore.server.mux")
+
+H2_PREFACE = b"PRI * HTTP/2.0"
+PEEK_TIMEOUT_SECONDS = 10.0  # a connection that says nothing this long is dropped
+MAX_CLIENT_HELLO = 16 * 1024
+SPLICE_CHUNK = 256 * 1024
+
+Gateway = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6]:port"."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def client_hello_alpn(data: bytes) -> list[str] | None:
+    """The ALPN protocols a TLS ClientHello offers ([] if none); None while `data` does not
+    yet hold the whole first record (or is not a handshake)."""
+    if len(data) < 5 or data[0] != 0x16:
+        return None
+    (length,) = struct.unpack_from(">H", data, 3)
+    if len(data) < 5 + length:
+        return None
+    body = data[5:5 + length]
+    try:
+        if body[0] != 1:  # ClientHello
+            return []
+        off = 4 + 2 + 32  # handshake header, version, random
+        off += 1 + body[off]  # session id
+        (n,) = struct.unpack_from(">H", body, off)
+        off += 2 + n  # cipher suites
+        off += 1 + body[off]  # compression methods
+        (ext_len,) = struct.unpack_from(">H", body, off)
+        off += 2
+        end = off + ext_len
+        while off + 4 <= end:
+            etype, elen = struct.unpack_from(">HH", body, off)
+            off += 4
+            if etype == 16:  # application_layer_protocol_negotiation
+                protos: list[str] = []
+                p = off + 2
+                while p < off + elen:
+                    plen = body[p]
+                    protos.append(body[p + 1:p + 1 + plen].decode("ascii", "replace"))
+                    p += 1 + plen
+                return protos
+            off += elen
+    except (IndexError, struct.error):
+        return []
+    return []
+
+
+class PortMux:
+    """Accepts on the public client address and routes each connection (see above)."""
+
+    def __init__(self, address: str, grpc_port: int, gateway: Gateway | None,
+                 tls: ssl.SSLContext | None) -> None:
+        self.address = address
+        self.grpc_port = grpc_port
+        self.gateway = gateway
+        self.tls = tls
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def bind(self) -> None:
+        """Listen now (raises OSError), so a busy port fails the node at start."""
+        host, port = split_address(self.address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or "0.0.0.0", port))
+            sock.listen(512)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+
+    def start(self) -> None:
+        assert self._sock is not None, "bind() first"
+        self._task = asyncio.create_task(self._accept_loop(), name="client-port-mux")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+        with self._lock:
+            for conn in list(self._conns):
+                _close(conn)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as err:
+                log.warning("accept failed on %s: %s", self.address, err)
+                await asyncio.sleep(0.05)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            asyncio.create_task(self._route(conn))
+
+    async def _route(self, conn: socket.socket) -> None:
+        try:
+            head = await self._peek(conn)
+        except (OSError, TimeoutError):
+            _close(conn)
+            return
+        if self.tls is None:
+            grpc_conn = head.startswith(H2_PREFACE[:3])
+        else:
+            alpn = client_hello_alpn(head) or []
+            grpc_conn = "h2" in alpn and "http/1.1" not in alpn
+        if grpc_conn:
+            self._splice(conn)
+        elif self.gateway is None:
+            _close(conn)
+        else:
+            await self._serve_http(conn)
+
+    async def _peek(self, conn: socket.socket) -> bytes:
+        """The first bytes of a connection, left in the socket: enough to tell HTTP/2 from
+        HTTP/1.1, or the whole TLS ClientHello."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PEEK_TIMEOUT_SECONDS
+        want = len(H2_PREFACE[:3]) if self.tls is None else 5
+        while True:
+            ready = loop.create_future()
+            loop.add_reader(conn.fileno(), _set_once, ready)
+            try:
+                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+            finally:
+                loop.remove_reader(conn.fileno())
+            data = conn.recv(MAX_CLIENT_HELLO, socket.MSG_PEEK)
+            if not data:
+                raise OSError("closed before it said anything")
+            if self.tls is not None and len(data) >= 5:
+                want = 5 + struct.unpack_from(">H", data, 3)[0] if data[0] == 0x16 else 5
+            if len(data) >= min(want, MAX_CLIENT_HELLO):
+                return data
+            await asyncio.sleep(0.001)  # the rest of the hello is on its way
+
+    async def _serve_http(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=self.tls)
+        except (OSError, ssl.SSLError) as err:
+            log.info("HTTP client on %s failed its TLS handshake: %s", self.address, err)
+            _close(conn)
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            assert self.gateway is not None
+            await self.gateway(reader, writer)
+        except Exception:  # noqa: BLE001 - one connection's failure never stops the port
+            log.exception("gateway connection failed")
+        finally:
+            writer.close()
+
+    def _splice(self, conn: socket.socket) -> None:
+        """Pass the connection's bytes to and from the internal gRPC port in two threads."""
+        conn.setblocking(True)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.grpc_port))
+        except OSError as err:
+            log.warning("cannot reach the internal gRPC port %d: %s", self.grpc_port, err)
+            _close(conn)
+            return
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._conns.update((conn, upstream))
+        finished = [0]
+        for src, dst in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=self._pump, args=(src, dst, finished), daemon=True,
+                             name="grpc-splice").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, finished: list[int]) -> None:
+        """Copy src -> dst until src ends; the second direction to end closes both."""
+        try:
+            while True:
+                data = src.recv(SPLICE_CHUNK)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        with self._lock:
+            finished[0] += 1
+            last = finished[0] == 2
+            if last:
+                self._conns.difference_update((src, dst))
+        if last:
+            _close(src)
+            _close(dst)
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
