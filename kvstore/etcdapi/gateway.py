@@ -348,8 +348,10 @@ class Connection:
             return False
         finally:
             call.cancel()
-            if client_gone is not None:
+            if client_gone is not None:  # done reading before the next request is read
                 client_gone.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await client_gone
         if not started:
             await self.start_stream()
         await self.chunk(b"")

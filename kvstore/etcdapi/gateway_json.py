@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from kvstore.etcdapi.maintenance_service import VERSION
@@ -130,10 +131,29 @@ def parse_requests(body: bytes, cls: type[Message], *, stream: bool) -> list[Mes
             raise RequestError(f"cannot unmarshal {type(obj).__name__} into "
                                f"{cls.DESCRIPTOR.full_name}")
         try:
-            messages.append(json_format.ParseDict(obj, cls(), ignore_unknown_fields=True))
+            messages.append(json_format.ParseDict(_known_fields(obj, cls.DESCRIPTOR), cls()))
         except (json_format.ParseError, ValueError, TypeError) as err:
             raise RequestError(str(err)) from None
     return messages
+
+
+def _known_fields(obj: Any, descriptor: Descriptor) -> Any:
+    """``obj`` without the fields ``descriptor`` does not have, at every depth: etcd
+    ignores unknown fields but refuses an unknown enum name, and json_format's
+    ignore_unknown_fields would silently take the enum's default instead."""
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        fd = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if fd is None:
+            continue
+        if fd.message_type is not None and isinstance(value, list):
+            value = [_known_fields(v, fd.message_type) for v in value]
+        elif fd.message_type is not None:
+            value = _known_fields(value, fd.message_type)
+        out[key] = value
+    return out
 
 
 def message_dict(message: Message) -> dict[str, Any]:
