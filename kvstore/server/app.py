@@ -12,11 +12,14 @@ import asyncio
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 
 import grpc
 
+from kvstore.etcdapi.gateway import GatewayBackend, serve_http
 from kvstore.etcdapi.server import add_etcd_api
 from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
@@ -25,9 +28,11 @@ from kvstore.server.identity import IdentityError, PeerGate, settle_cluster_id
 from kvstore.server.kv_service import KVService
 from kvstore.server.node import NodeDriver
 from kvstore.server.peer_service import RaftPeerService, remove_incoming
+from kvstore.server.port_mux import PortMux
 from kvstore.server.tls import (
     AllowedCNInterceptor,
     TLSSetupError,
+    client_http_ssl_context,
     client_server_credentials,
     peer_channel_credentials,
     peer_server_credentials,
@@ -129,14 +134,30 @@ async def _serve(config: NodeConfig) -> None:
                      hash_at=driver.runtime.hash_checks.get), peer_server)
     forwarder = add_etcd_api(client_server, peer_server, config, cluster_id, driver, store,
                              gate, peer_channel_creds)
+    # The client port is shared by gRPC and etcd's JSON gateway (port_mux.py says how and
+    # why): gRPC listens on an internal loopback port, the gateway reaches it through a
+    # private Unix socket (so no TLS client check is bypassed), the mux owns --listen.
+    gateway_dir = tempfile.mkdtemp(prefix="kvstore-gw-")
+    gateway_socket = os.path.join(gateway_dir, "grpc.sock")
     try:
-        _bind(client_server, config.listen, client_creds, "--listen")
+        grpc_port = _bind(client_server, "127.0.0.1:0", client_creds, "--listen")
+        _bind(client_server, f"unix:{gateway_socket}", None, "--listen")
         _bind(peer_server, config.listen_peer, peer_creds, "--listen-peer")
-    except StartupError:
+        http_tls = (None if config.client_tls is None
+                    else client_http_ssl_context(config.client_tls))
+        backend = GatewayBackend(f"unix:{gateway_socket}")
+        mux = PortMux(config.listen, grpc_port,
+                      lambda reader, writer: serve_http(reader, writer, backend), http_tls)
+        mux.bind()
+    except (StartupError, TLSSetupError, OSError) as err:
         store.close()
-        raise
+        shutil.rmtree(gateway_dir, ignore_errors=True)
+        if isinstance(err, StartupError):
+            raise
+        raise StartupError(f"cannot listen on {config.listen} (--listen): {err}") from None
     await client_server.start()
     await peer_server.start()
+    mux.start()
     transport.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,7 +188,10 @@ async def _serve(config: NodeConfig) -> None:
     if not driver_task.done():
         await driver_task
     stop_task.cancel()
+    await mux.stop()
+    await backend.close()
     await asyncio.gather(client_server.stop(grace=0.5), peer_server.stop(grace=0.5))
+    shutil.rmtree(gateway_dir, ignore_errors=True)
     await forwarder.close()
     await transport.stop()
     store.close()
@@ -178,8 +202,9 @@ async def _serve(config: NodeConfig) -> None:
 
 
 def _bind(server: grpc.aio.Server, address: str,
-          credentials: grpc.ServerCredentials | None, flag: str) -> None:
-    """Listen on ``address`` (TLS with ``credentials``); StartupError naming ``flag``."""
+          credentials: grpc.ServerCredentials | None, flag: str) -> int:
+    """Listen on ``address`` (TLS with ``credentials``); returns the port; StartupError
+    naming ``flag``."""
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -187,8 +212,9 @@ def _bind(server: grpc.aio.Server, address: str,
             port = server.add_secure_port(address, credentials)
     except RuntimeError as err:
         raise StartupError(f"cannot listen on {address} ({flag}): {err}") from None
-    if port == 0:
+    if port == 0 and not address.startswith("unix:"):
         raise StartupError(f"cannot listen on {address} ({flag})")
+    return port
 
 
 def _describe(tls: bool, mutual: bool) -> str:
