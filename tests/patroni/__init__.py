@@ -1,0 +1,1 @@
+"""Patroni keeping PostgreSQL highly available on kvstore (scripts/patroni_drill.py)."""
