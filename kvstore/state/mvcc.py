@@ -262,13 +262,18 @@ class KeySpace:
     # -- compaction --------------------------------------------------------------------
 
     def compact(self, txn: Txn, revs: Revisions, upto: int) -> None:
-        """Drop the history no read at or after `upto` can see: for each key, every change
-        before its last one at or before `upto`, and that one too if it is a delete (a
-        key deleted for good then leaves the index). Raises MvccError."""
+        """Drop the history no read or watch at or after `upto` can need: for each key,
+        every change before its last one at or before `upto`, and that one too if it is a
+        delete before `upto` (a key deleted for good then leaves the index). Deletes AT
+        `upto` stay until the next compaction, so that a watch may still start at `upto`
+        and see everything that happened there (etcd allows a watch from the compacted
+        revision). Raises MvccError."""
         if upto <= revs.compacted:
             raise MvccError(ERR_COMPACTED)
         if upto > revs.current:
             raise MvccError(ERR_FUTURE_REV)
+        if revs.compacted:
+            self._sweep_tombstones(txn, revs.compacted)
         doomed: list[bytes] = []
         for rk, raw in txn.seek(REVS_DB, _REV.pack(revs.compacted + 1, 0)):
             rev, _ = _REV.unpack(rk)
@@ -298,11 +303,31 @@ class KeySpace:
         later_rev = None
         if later is not None and later[0][:12] == rec.hist:
             later_rev = _U64.unpack(later[0][12:])[0]
-        if later_rev is not None and later_rev <= upto or kind == DELETE:
+        dead = kind == DELETE and rev < upto
+        if (later_rev is not None and later_rev <= upto) or dead:
             txn.delete(REVS_DB, rk)
             txn.delete(KHIST_DB, rec.hist + _U64.pack(rev))
-        if kind == DELETE and later_rev is None and not rec.alive:
+        if dead and later_rev is None and not rec.alive:
             txn.delete(self.shard_dbs[self.shard_for(kv.key)], ikey(kv.key))
+
+    def _sweep_tombstones(self, txn: Txn, at: int) -> None:
+        """Drop the deletes the previous compaction kept at its own revision `at`; a key
+        with no history left and not alive leaves the index."""
+        tombs: list[tuple[bytes, bytes]] = []
+        for rk, raw in txn.seek(REVS_DB, _REV.pack(at, 0)):
+            if _REV.unpack(rk)[0] != at:
+                break
+            if raw[0] == DELETE:
+                tombs.append((bytes(rk), bytes(raw)))
+        for rk, raw in tombs:
+            _, kv = decode_event(rk, raw)
+            rec = self.record(txn, kv.key)
+            assert rec is not None, "a delete in history for a key missing from the index"
+            txn.delete(REVS_DB, rk)
+            txn.delete(KHIST_DB, rec.hist + _U64.pack(at))
+            rest = next(iter(txn.seek(KHIST_DB, rec.hist)), None)
+            if not rec.alive and (rest is None or rest[0][:12] != rec.hist):
+                txn.delete(self.shard_dbs[self.shard_for(kv.key)], ikey(kv.key))
 
     # -- watch -------------------------------------------------------------------------
 
@@ -314,7 +339,7 @@ class KeySpace:
         over the `revs` database, so it can fall behind without holding memory and its
         events cannot be lost; once compaction removed history from its position on it is
         told so (MvccError), never silently skipped."""
-        if 0 < start_rev <= revs.compacted:
+        if 0 < start_rev < revs.compacted:
             raise MvccError(ERR_COMPACTED)
         start = max(start_rev, 1)
         out: list[kv_pb2.Event] = []

@@ -19,16 +19,15 @@ from tests.etcdapi.gateway_util import FOO, FOP, Watch, b64, call, run_sequence
 
 pytestmark = pytest.mark.integration
 
-# History of the prefix "foo" from revision 4 (the first after the compaction at 3) on
-# after SEQUENCE: put foo/a, put foo/b, delete foo/a, the txn's put foo/c, the failed
-# txn's delete foo/c. (etcd also replays from the compacted revision itself; kvstore
-# answers that watch with compact_revision.)
-REPLAYED = 5
+# History of the prefix "foo" from revision 3 (the compacted revision itself, which etcd
+# and kvstore both replay) on after SEQUENCE: put foo=bar2, put foo/a, put foo/b, delete
+# foo/a, the txn's put foo/c, the failed txn's delete foo/c.
+REPLAYED = 6
 
 
 def scenario(addresses: list[str]) -> list[dict[str, Any]]:
     results = run_sequence(addresses)
-    request = {"create_request": {"key": FOO, "range_end": FOP, "start_revision": "4",
+    request = {"create_request": {"key": FOO, "range_end": FOP, "start_revision": "3",
                                   "prev_kv": True}}
     with Watch(addresses[-1], request) as watch:
         replayed = watch.wait_events(REPLAYED)

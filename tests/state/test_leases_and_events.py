@@ -100,8 +100,13 @@ def test_events_replay_in_order_with_prev_kv_and_limits(store) -> None:
     events, nxt = store.events(2, b"k1", b"", limit=1)
     assert [e.kv.mod_revision for e in events] == [2] and nxt == 3
     assert store.events(7, b"k", b"l") == ([], 7)  # caught up: wait for revision 7
-    log.apply(encode_compact(5))
+    log.apply(encode_compact(6))
     with pytest.raises(MvccError) as err:
         store.events(5, b"k", b"l")
     assert err.value.message == ERR_COMPACTED
-    assert [e.kv.mod_revision for e in store.events(6, b"k", b"l")[0]] == [6, 6]
+    # From the compacted revision itself, as etcd allows: its deletes are still there.
+    assert [(e.type, e.kv.mod_revision) for e in store.events(6, b"k", b"l")[0]] == \
+        [(DELETE, 6), (DELETE, 6)]
+    log.apply(_put(b"z", b"1"), encode_compact(7))  # the next compaction drops them
+    assert store.events(7, b"k", b"l")[0] == []
+    assert store.range(rpc_pb2.RangeRequest(key=b"k", range_end=b"l", revision=7))[0].count == 0
