@@ -96,6 +96,7 @@ class PortMux:
         self._task: asyncio.Task[None] | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._routes: set[asyncio.Task[None]] = set()  # connections being routed or served
 
     def bind(self) -> None:
         """Listen now (raises OSError), so a busy port fails the node at start."""
@@ -117,10 +118,16 @@ class PortMux:
         self._task = asyncio.create_task(self._accept_loop(), name="client-port-mux")
 
     async def stop(self) -> None:
+        """Stop accepting, end the gateway connections (a watch stream may be open), and
+        close the spliced ones."""
         if self._task is not None:
             self._task.cancel()
         if self._sock is not None:
             self._sock.close()
+        for task in list(self._routes):
+            task.cancel()
+        if self._routes:
+            await asyncio.wait(list(self._routes), timeout=2.0)
         with self._lock:
             for conn in list(self._conns):
                 _close(conn)
@@ -136,7 +143,9 @@ class PortMux:
                 await asyncio.sleep(0.05)
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            asyncio.create_task(self._route(conn))
+            task = asyncio.create_task(self._route(conn))
+            self._routes.add(task)
+            task.add_done_callback(self._routes.discard)
 
     async def _route(self, conn: socket.socket) -> None:
         try:
@@ -193,6 +202,8 @@ class PortMux:
         try:
             assert self.gateway is not None
             await self.gateway(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away
         except Exception:  # noqa: BLE001 - one connection's failure never stops the port
             log.exception("gateway connection failed")
         finally:
