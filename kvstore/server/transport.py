@@ -46,11 +46,25 @@ REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENI
 Metadata = tuple[tuple[str, str], ...]
 
 
+# A peer channel reconnects quickly and on its own: gRPC's defaults back off up to 120 s
+# and share connection state among channels to the same address (the global subchannel
+# pool), so a peer that was down for a while would be tried again only seconds after it
+# restarted, and a new channel would inherit that backoff. A restarted member must hear
+# from its leader within a heartbeat or two, as an etcd member does.
+PEER_CHANNEL_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
     """A channel to a peer: mutual TLS when the node has peer certificates."""
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
-    return grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=PEER_CHANNEL_OPTIONS)
 
 
 class PeerSender:
