@@ -17,12 +17,9 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvstore.state.mvcc import ERR_LEASE_NOT_FOUND
-
 LEASES_DB = "leases"
 ERR_LEASE_EXISTS = "etcdserver: lease already exists"
 ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
-ERR_LEASE_NOT_FOUND_ = ERR_LEASE_NOT_FOUND  # re-exported for the services
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, seconds
 
 _ID = struct.Struct(">q")

@@ -59,7 +59,15 @@ from kvstore.raft.types import Entry, EntryType
 from kvstore.state import alarms, kv_ops, leases
 from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
 from kvstore.state.leases import LEASES_DB, LeaseChange
-from kvstore.state.mvcc import KHIST_DB, MVCC_DB, REVS_DB, KeySpace, MvccError, Revisions
+from kvstore.state.mvcc import (
+    ERR_LEASE_NOT_FOUND,
+    KHIST_DB,
+    MVCC_DB,
+    REVS_DB,
+    KeySpace,
+    MvccError,
+    Revisions,
+)
 from kvstore.state.ring import HashRing
 from kvstore.v1 import raft_pb2
 
@@ -507,7 +515,7 @@ class ShardedStateMachine:
                                    revision=revs.current)
             error = ""
             if lid <= 0 or leases.exists(txn, lid):
-                error = leases.ERR_LEASE_EXISTS if lid > 0 else leases.ERR_LEASE_NOT_FOUND_
+                error = leases.ERR_LEASE_EXISTS if lid > 0 else ERR_LEASE_NOT_FOUND
             elif ttl > leases.MAX_LEASE_TTL:
                 error = leases.ERR_LEASE_TTL_TOO_LARGE
             if error:
