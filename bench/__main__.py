@@ -21,7 +21,6 @@ from pathlib import Path
 from types import FrameType
 
 from bench.etcdcluster import EtcdMissing
-from bench.etcdproto import EtcdProtoError
 from bench.report import (
     PLOT_HINT,
     evaluate_targets,
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         result = run_suite(cfg, out)
-    except (EtcdMissing, EtcdProtoError) as exc:
+    except EtcdMissing as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         out.rmdir()  # nothing was measured
         return 2

@@ -23,6 +23,9 @@ import grpc.aio
 
 from kvstore.client import AsyncKVClient, KVClient
 from kvstore.client._core import CHANNEL_OPTIONS
+from kvstore.etcdapi.methods import KV as ETCD_KV
+from kvstore.etcdapi.methods import stub as etcd_stub
+from kvstore.etcdpb import rpc_pb2 as etcd_pb
 
 OPS: tuple[str, ...] = ("put", "linearizable_get", "stale_get")
 RPC_TIMEOUT = 10.0
@@ -44,7 +47,6 @@ class TargetSpec:
     endpoints: tuple[str, ...]
     followers: tuple[str, ...]
     pids: tuple[int, ...] = ()
-    etcd_pb_dir: str | None = None
     info: dict[str, str] = field(default_factory=dict)
 
     def ordered_endpoints(self) -> list[str]:
@@ -123,14 +125,10 @@ class EtcdSync:
     to the followers."""
 
     def __init__(self, spec: TargetSpec) -> None:
-        from bench.etcdproto import load_etcd_modules
-
-        if spec.etcd_pb_dir is None:
-            raise ValueError("an etcd target needs etcd_pb_dir")
-        self.pb, pb_grpc = load_etcd_modules(spec.etcd_pb_dir)
+        self.pb = etcd_pb
         self.channels = {ep: grpc.insecure_channel(ep, options=CHANNEL_OPTIONS)
                          for ep in spec.endpoints}
-        stubs = {ep: pb_grpc.KVStub(ch) for ep, ch in self.channels.items()}
+        stubs = {ep: etcd_stub(ch, ETCD_KV) for ep, ch in self.channels.items()}
         self.leader = stubs[spec.leader]
         self.followers = [stubs[f] for f in spec.followers]
 
@@ -153,14 +151,10 @@ class EtcdAsync:
     """grpc.aio counterpart of EtcdSync; create inside the worker's event loop."""
 
     def __init__(self, spec: TargetSpec) -> None:
-        from bench.etcdproto import load_etcd_modules
-
-        if spec.etcd_pb_dir is None:
-            raise ValueError("an etcd target needs etcd_pb_dir")
-        self.pb, pb_grpc = load_etcd_modules(spec.etcd_pb_dir)
+        self.pb = etcd_pb
         self.channels = {ep: grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
                          for ep in spec.endpoints}
-        stubs = {ep: pb_grpc.KVStub(ch) for ep, ch in self.channels.items()}
+        stubs = {ep: etcd_stub(ch, ETCD_KV) for ep, ch in self.channels.items()}
         self.leader = stubs[spec.leader]
         self.followers = [stubs[f] for f in spec.followers]
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import grpc
 
 from bench.drivers import TargetSpec
-from bench.etcdproto import load_etcd_modules
 from bench.localcluster import free_base_port
 from bench.procs import log_tail, start_process, stop_processes
 from bench.sysinfo import etcd_version
 from kvstore.client._core import CHANNEL_OPTIONS
+from kvstore.etcdapi.methods import MAINTENANCE, stub
+from kvstore.etcdpb import rpc_pb2 as pb
 
 INSTALL_HINT = """etcd not found (looked for `etcd` on PATH and /usr/bin/etcd).
 Install it on Debian/Ubuntu, as root:
@@ -62,16 +63,15 @@ def etcd_command(binary: str, name: str, data_dir: Path, client_port: int, peer_
     ]
 
 
-def _find_leader(endpoints: list[str], pb_dir: str, timeout: float) -> str | None:
+def _find_leader(endpoints: list[str], timeout: float) -> str | None:
     """The client endpoint of the member every member agrees is leader, or None."""
-    pb, pb_grpc = load_etcd_modules(pb_dir)
     channels = [grpc.insecure_channel(ep, options=CHANNEL_OPTIONS) for ep in endpoints]
     try:
         leaders: set[int] = set()
         member_of: dict[int, str] = {}
         for ep, ch in zip(endpoints, channels, strict=True):
             try:
-                st = pb_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=timeout)
+                st = stub(ch, MAINTENANCE).Status(pb.StatusRequest(), timeout=timeout)
             except grpc.RpcError:
                 return None
             leaders.add(st.leader)
@@ -86,7 +86,7 @@ def _find_leader(endpoints: list[str], pb_dir: str, timeout: float) -> str | Non
 
 
 @contextmanager
-def local_etcd(nodes: int, root: Path, binary: str, pb_dir: str,
+def local_etcd(nodes: int, root: Path, binary: str,
                start_timeout: float = 30.0) -> Iterator[TargetSpec]:
     """Start `nodes` etcd members under `root`, wait for a leader, yield, always stop them."""
     directory = root / f"etcd-{nodes}n"
@@ -112,14 +112,14 @@ def local_etcd(nodes: int, root: Path, binary: str, pb_dir: str,
                                        f"{log_tail(directory / f'{name}.log')}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd elected no leader within {start_timeout:g}s")
-            leader = _find_leader(endpoints, pb_dir, timeout=1.0)
+            leader = _find_leader(endpoints, timeout=1.0)
             if leader is None:
                 time.sleep(0.2)
         yield TargetSpec(
             name=f"etcd-{nodes}", kind="etcd", nodes=nodes, leader=leader,
             endpoints=tuple(endpoints),
             followers=tuple(e for e in endpoints if e != leader),
-            pids=tuple(p.pid for p in procs), etcd_pb_dir=pb_dir,
+            pids=tuple(p.pid for p in procs),
             info={"version": etcd_version(binary) or "unknown", "binary": binary,
                   "heartbeat_ms": "100", "election_ms": "1000"},
         )

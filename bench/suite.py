@@ -164,7 +164,7 @@ def _data_root(cfg: SuiteConfig) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None, pb_dir: str | None
+def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None
              ) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]],
                              bool]]:
     """(name, start, everything) per system, in run order: the main kvstore cluster and etcd
@@ -174,8 +174,8 @@ def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None, pb_dir: str | N
     main, *others = cfg.nodes
     plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]], bool]]
     plan = [(f"kvstore-{main}", lambda: kvstore_cluster(main, root), True)]
-    if etcd_bin is not None and pb_dir is not None:
-        plan.append((f"etcd-{main}", lambda: local_etcd(main, root, etcd_bin, pb_dir), True))
+    if etcd_bin is not None:
+        plan.append((f"etcd-{main}", lambda: local_etcd(main, root, etcd_bin), True))
     if cfg.floor:
         plan.append(("floor", lambda: floor_server(root), True))
     for n in others:
@@ -201,16 +201,14 @@ def new_result(cfg: SuiteConfig, machine: dict[str, Any], started: float,
 def run_suite(cfg: SuiteConfig, results_dir: Path) -> dict[str, Any]:
     """Run every system of the plan; a system that fails is recorded and the run goes on."""
     from bench.etcdcluster import find_etcd
-    from bench.etcdproto import compile_etcd_proto
 
     started = time.time()
     etcd_bin = find_etcd(cfg.etcd_bin) if cfg.etcd else None  # fail before starting anything
     with _data_root(cfg) as root:
-        pb_dir = str(compile_etcd_proto(root / "etcdpb")) if etcd_bin else None
         note("recording machine facts (fsync probe)")
         result = new_result(cfg, machine_facts(results_dir, root, etcd_bin), started,
                             sys.argv[1:])
-        for name, start, everything in _systems(cfg, root, etcd_bin, pb_dir):
+        for name, start, everything in _systems(cfg, root, etcd_bin):
             note(f"{name}: starting")
             t0 = time.monotonic()
             entry: dict[str, Any] = {}
