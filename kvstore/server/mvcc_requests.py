@@ -8,6 +8,8 @@ to etcd's status codes. Pure functions: no I/O.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
 from kvstore.etcdpb import rpc_pb2
@@ -21,6 +23,7 @@ from kvstore.state.mvcc import (
     in_range,
 )
 
+T = TypeVar("T", rpc_pb2.PutResponse, rpc_pb2.DeleteRangeResponse)
 MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
 
 ERR_EMPTY_KEY = "etcdserver: key is not provided"
@@ -169,21 +172,21 @@ def txn_of_delete_range(req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.TxnRequest:
     return txn
 
 
-def put_response(resp: rpc_pb2.TxnResponse | None) -> rpc_pb2.PutResponse:
-    """A Put's answer from its Txn's (empty for a de-duplicated retry)."""
-    if resp is None or not resp.responses:
-        return rpc_pb2.PutResponse()
-    out = rpc_pb2.PutResponse()
-    out.CopyFrom(resp.responses[0].response_put)
-    out.ClearField("header")
+def _only_response(resp: rpc_pb2.TxnResponse | None, field: str, cls: type[T]) -> T:
+    """The answer of a one-operation Txn's operation, header cleared (empty for a
+    de-duplicated retry, whose answers are not kept)."""
+    out = cls()
+    if resp is not None and resp.responses:
+        out.CopyFrom(getattr(resp.responses[0], field))
+        out.ClearField("header")
     return out
+
+
+def put_response(resp: rpc_pb2.TxnResponse | None) -> rpc_pb2.PutResponse:
+    """A Put's answer from its Txn's."""
+    return _only_response(resp, "response_put", rpc_pb2.PutResponse)
 
 
 def delete_range_response(resp: rpc_pb2.TxnResponse | None) -> rpc_pb2.DeleteRangeResponse:
-    """A DeleteRange's answer from its Txn's (empty for a de-duplicated retry)."""
-    if resp is None or not resp.responses:
-        return rpc_pb2.DeleteRangeResponse()
-    out = rpc_pb2.DeleteRangeResponse()
-    out.CopyFrom(resp.responses[0].response_delete_range)
-    out.ClearField("header")
-    return out
+    """A DeleteRange's answer from its Txn's."""
+    return _only_response(resp, "response_delete_range", rpc_pb2.DeleteRangeResponse)

@@ -214,7 +214,7 @@ class _Writer:
             out = resp.responses.add()
             kind = op.WhichOneof("request")
             if kind == "request_range":
-                r = range_(self.space, self.txn, _Overlay(self.revs, self.revision()),
+                r = range_(self.space, self.txn, self.revs.as_of(self.revision()),
                            op.request_range)
                 out.response_range.CopyFrom(r)
                 out.response_range.header.revision = self.revision()
@@ -229,16 +229,6 @@ class _Writer:
                 out.response_txn.CopyFrom(nested)
                 out.response_txn.header.revision = self.revision()
         return resp, at
-
-
-class _Overlay(Revisions):
-    """The revisions as seen from inside a Txn that has already written (its own revision
-    is readable before the Txn ends)."""
-
-    def __init__(self, base: Revisions, current: int) -> None:  # noqa: D107 - no super()
-        self.current = current
-        self.compacted = base.compacted
-        self.dirty = False
 
 
 def apply_txn(space: KeySpace, txn: Txn, revs: Revisions,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+
+from kvstore.state.mvcc import Txn
 
 LEASES_DB = "leases"
 ERR_LEASE_EXISTS = "etcdserver: lease already exists"
@@ -34,13 +35,6 @@ class LeaseChange:
     kind: str  # "grant" | "revoke"
     id: int
     ttl: int = 0
-
-
-class Txn(Protocol):
-    def get(self, db: str, key: bytes) -> bytes | None: ...
-    def put(self, db: str, key: bytes, value: bytes) -> None: ...
-    def delete(self, db: str, key: bytes) -> bool: ...
-    def seek(self, db: str, start: bytes): ...  # noqa: ANN201 - KVTxn's iterator
 
 
 def granted_ttl(txn: Txn, lease_id: int) -> int | None:

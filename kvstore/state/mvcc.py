@@ -32,6 +32,7 @@ function of the entries applied.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import heapq
 import struct
@@ -162,6 +163,14 @@ class Revisions:
         raw = txn.get(MVCC_DB, _COMPACT)
         self.compacted = 0 if raw is None else _U64.unpack(raw)[0]
         self.dirty = False
+
+    def as_of(self, current: int) -> Revisions:
+        """A read-only view with another current revision: what a Range inside a Txn that
+        has already written sees (its own revision is readable before the Txn ends)."""
+        view = copy.copy(self)
+        view.current = current
+        view.dirty = False
+        return view
 
     def flush(self, txn: Txn) -> None:
         if self.dirty:
