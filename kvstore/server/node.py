@@ -162,8 +162,7 @@ class NodeDriver:
             if entry in self._revision_waiters:
                 self._revision_waiters.remove(entry)
 
-    def _wake_watchers(self) -> None:
-        revisions = self.store.revisions()
+    def _wake_watchers(self, revisions: tuple[int, int]) -> None:
         still = []
         for revision, which, fut in self._revision_waiters:
             if revision <= revisions[which]:
@@ -207,11 +206,13 @@ class NodeDriver:
                 while (plan := rt.next_plan()) is not None:
                     results = await self._carry_out(plan)
                     rt.finish(plan, results)
-                    if results or plan.install is not None:
+                    if (results or plan.install is not None) and (
+                            self.watch_hub.subs or self._revision_waiters):
+                        revisions = self.store.revisions()  # one read for both
                         if self.watch_hub.subs:
-                            self.watch_hub.publish()
+                            self.watch_hub.publish(revisions[0])
                         if self._revision_waiters:
-                            self._wake_watchers()
+                            self._wake_watchers(revisions)
                     if rt.resync_finished() and self._resync_marker is not None:
                         # A leader reached us and what it told us is on disk: from now on
                         # the data dir is an ordinary member's.

@@ -82,10 +82,12 @@ class WatchHub:
         sub.wake.set()
         self.subs.discard(sub)
 
-    def publish(self) -> None:
+    def publish(self, current: int | None = None) -> None:
         """Hand the changes applied since the last call to every synced watcher (called
-        by the node after each applied batch; one store read for all of them)."""
-        current = self.store.revisions()[0]
+        by the node after each applied batch, with the store's current revision if it
+        has read it; one store read for all of them)."""
+        if current is None:
+            current = self.store.revisions()[0]
         if current <= self.published:
             return
         synced = [s for s in self.subs if s.synced]
