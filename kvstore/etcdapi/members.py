@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 
 from kvstore.etcdpb import rpc_pb2
+from kvstore.state.membership import Member
 
 
 def stable_id(text: str, domain: str) -> int:
@@ -58,6 +59,14 @@ class MemberBook:
         self.peer_tls = peer_tls
         self.learned: dict[str, str] = {}
         self.ids = {member_id(n): n for n in self.peer_addresses}
+        self.learners: set[str] = set()
+
+    def set_members(self, members: Iterable[Member]) -> None:
+        """The applied membership changed (kvstore.state.membership)."""
+        members = list(members)
+        self.peer_addresses = {m.id: m.peer_address for m in members}
+        self.learners = {m.id for m in members if m.learner}
+        self.ids = {member_id(n): n for n in self.peer_addresses}
 
     @property
     def node_ids(self) -> list[str]:
@@ -81,7 +90,7 @@ class MemberBook:
             ID=member_id(node_id), name=node_id,
             peerURLs=[url(self.peer_addresses[node_id], self.peer_tls)],
             clientURLs=[url(client, self.client_tls)] if client else [],
-            isLearner=False)
+            isLearner=node_id in self.learners)
 
     def members(self, only: Iterable[str] | None = None) -> list[rpc_pb2.Member]:
         """Members sorted by id, as etcd lists them."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import grpc
 
@@ -28,6 +29,7 @@ from kvstore.etcdapi.watch_service import DEFAULT_PROGRESS_INTERVAL, EtcdWatchSe
 from kvstore.server.config import NodeConfig
 from kvstore.server.identity import PeerGate
 from kvstore.server.node import NodeDriver
+from kvstore.state.membership import Member
 
 log = logging.getLogger("kvstore.etcdapi")
 PROGRESS_INTERVAL_ENV = "KVSTORE_WATCH_PROGRESS_NOTIFY_INTERVAL"
@@ -46,18 +48,35 @@ def progress_interval() -> float:
     return value
 
 
+@dataclass
+class EtcdApi:
+    """What the node shell keeps of the etcd API: the forwarder (closed at shutdown) and
+    the member book (told of membership changes)."""
+
+    forwarder: Forwarder
+    book: MemberBook
+
+    def set_members(self, members: list[Member]) -> None:
+        self.book.set_members(members)
+        self.forwarder.peers = {m.id: m.peer_address for m in members
+                                if m.id != self.book.node_id}
+
+
 def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
                  config: NodeConfig, cluster_id: str, driver: NodeDriver, store: Store,
                  gate: PeerGate,
-                 peer_credentials: grpc.ChannelCredentials | None) -> Forwarder:
-    """Register the etcd services; returns the Forwarder, to close at shutdown."""
+                 peer_credentials: grpc.ChannelCredentials | None) -> EtcdApi:
+    """Register the etcd services."""
+    members = driver.members()
+    peers = {m.id: m.peer_address for m in members if m.id != config.node_id}
     book = MemberBook(config.node_id, config.client_address,
-                      config.listen_peer, config.peers, gate.client_address_of,
+                      config.listen_peer, peers, gate.client_address_of,
                       client_tls=config.client_tls is not None,
                       peer_tls=config.peer_tls is not None)
+    book.set_members(members)
     node = EtcdNode(driver, store, cluster_id, book, config.max_key_bytes,
                     config.max_value_bytes)
-    forwarder = Forwarder(config.peers, peer_credentials, gate.outgoing())
+    forwarder = Forwarder(peers, peer_credentials, gate.outgoing())
     kv = EtcdKVService(node, forwarder)
     maintenance = EtcdMaintenanceService(node, forwarder)
     cluster = EtcdClusterService(node, forwarder)
@@ -76,4 +95,4 @@ def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
         "MemberList": cluster.local_member_list,
         **lease.forward_local(),
     }),))
-    return forwarder
+    return EtcdApi(forwarder, book)

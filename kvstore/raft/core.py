@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore.raft import quorum
-from kvstore.raft.errors import NotLeader
+from kvstore.raft.errors import ConfChangeRefused, NotLeader, TransferRefused
 from kvstore.raft.log import RaftLog
 from kvstore.raft.progress import Progress, ProgressState
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import (
+    FORCE_VOTE,
     Entry,
     EntryType,
     Message,
@@ -40,7 +41,7 @@ MT = MessageType
 @dataclass(frozen=True)
 class RaftConfig:
     node_id: str
-    voters: tuple[str, ...]  # every voter, including this node
+    voters: tuple[str, ...]  # every voter (this node too, unless it is a learner or new)
     election_ticks: int = 10  # randomized timeout is in [election_ticks, 2 * election_ticks)
     heartbeat_ticks: int = 1
     max_inflight: int = 8  # unacknowledged appends per follower (pipelining bound)
@@ -51,6 +52,7 @@ class RaftConfig:
     # A node resynced from an empty data dir has forgotten its term and vote; until it hears
     # from a leader it neither campaigns nor votes, so it can never vote twice in one term.
     passive_until_contact: bool = False
+    learners: tuple[str, ...] = ()  # members that receive the log but do not vote
 
 
 @dataclass
@@ -68,11 +70,18 @@ class Raft:
         rng: random.Random,
         logger: Callable[[str], None] | None = None,
     ) -> None:
-        assert config.node_id in config.voters
         self.id = config.node_id
         self.cfg = config
-        self.voters = tuple(sorted(config.voters))
-        self.peers = tuple(v for v in self.voters if v != self.id)
+        self.voters: tuple[str, ...] = ()
+        self.learners: tuple[str, ...] = ()
+        self.peers: tuple[str, ...] = ()  # every other member, voter or learner
+        self.voter_peers: tuple[str, ...] = ()
+        self._set_config(config.voters, config.learners)
+        # Index of the last membership change this leader proposed, or of its term's first
+        # entry: no change is proposed before the log is applied that far.
+        self.pending_conf_index = 0
+        self.lead_transferee = ""  # leader: the voter leadership is being handed to
+        self.transfer_elapsed = 0
         self.rng = rng
         self.log = RaftLog(storage, config.applied)
         self._logger = logger
@@ -108,6 +117,15 @@ class Raft:
 
     # -- helpers ---------------------------------------------------------------------
 
+    def _set_config(self, voters: Sequence[str], learners: Sequence[str]) -> None:
+        self.voters = tuple(sorted(set(voters)))
+        self.learners = tuple(sorted(set(learners) - set(voters)))
+        self.peers = tuple(sorted({*self.voters, *self.learners} - {self.id}))
+        self.voter_peers = tuple(v for v in self.voters if v != self.id)
+
+    def is_voter(self) -> bool:
+        return self.id in self.voters
+
     def _log_event(self, text: str) -> None:
         if self._logger is not None:
             self._logger(f"{self.id} {text}")
@@ -129,6 +147,7 @@ class Raft:
         self._reset_timeout()
         self.votes = {}
         self.prs = {}
+        self.lead_transferee = ""
         self._drop_pending_reads()
 
     def _drop_pending_reads(self) -> None:
@@ -171,17 +190,21 @@ class Raft:
         self.role = Role.LEADER
         self.leader = self.id
         last = self.log.last_index()
-        for v in self.voters:
+        for v in sorted((self.id, *self.peers)):
             pr = Progress(last + 1, self.cfg.max_inflight)
             pr.recent_active = True
             self.prs[v] = pr
         self.prs[self.id].match = self.log.stable_last_index()
+        # No membership change until this term's first entry is applied: every change an
+        # earlier leader left in our log is applied (and in force) by then (the fix to the
+        # single-server change bug, Ongaro 2015, in its apply-time form).
+        self.pending_conf_index = last + 1
         self._log_event(f"became leader at term {self.term}")
         # Thesis 6.4: commit an entry of this term before serving reads; also commits
         # everything earlier from previous terms.
         self._append([Entry(self.term, last + 1, EntryType.NOOP, b"")])
 
-    def _campaign(self, pre: bool) -> None:
+    def _campaign(self, pre: bool, forced: bool = False) -> None:
         if pre:
             self._become_pre_candidate()
             msg_type, term = MT.PRE_VOTE, self.term + 1
@@ -193,8 +216,10 @@ class Raft:
             return
         last = self.log.last_index()
         last_term = self.log.last_term()
-        for p in self.peers:
-            self._send(Message(msg_type, self.id, p, term, log_term=last_term, index=last))
+        context = FORCE_VOTE if forced else 0
+        for p in self.voter_peers:
+            self._send(Message(msg_type, self.id, p, term, log_term=last_term, index=last,
+                               context=context))
 
     def _tally(self) -> bool:
         """Act on the votes so far; True when the election was decided."""
@@ -218,7 +243,7 @@ class Raft:
         else:
             self.election_elapsed += 1
             if (self.election_elapsed >= self.randomized_timeout and not self.passive
-                    and not self.rebuilding):
+                    and not self.rebuilding and self.is_voter()):
                 self.election_elapsed = 0
                 self._reset_timeout()
                 self._campaign(pre=self.cfg.pre_vote)
@@ -226,6 +251,11 @@ class Raft:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.lead_transferee:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.cfg.election_ticks:
+                self._log_event(f"leader transfer to {self.lead_transferee} timed out")
+                self.lead_transferee = ""
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_active():
@@ -237,10 +267,10 @@ class Raft:
             self._broadcast_heartbeat()
 
     def _quorum_active(self) -> bool:
-        active = 1
+        active = 1 if self.is_voter() else 0
         for p in self.peers:
             pr = self.prs[p]
-            if pr.recent_active:
+            if pr.recent_active and p in self.voters:
                 active += 1
             pr.recent_active = False
         return active >= self._quorum()
@@ -251,10 +281,99 @@ class Raft:
         """Append one entry per payload as a single batch; returns (first index, term)."""
         if self.role != Role.LEADER:
             raise NotLeader(self.leader)
+        if self.lead_transferee:
+            # Etcd drops proposals during a transfer too: the target must catch up with a
+            # log that stops growing. Clients retry at the hinted next leader.
+            raise NotLeader(self.lead_transferee)
         first = self.log.last_index() + 1
         self._append([Entry(self.term, first + i, EntryType.NORMAL, p)
                       for i, p in enumerate(payloads)])
         return first, self.term
+
+    def conf_change_refusal(self) -> str | None:
+        """Why the leader may not propose a membership change now, or None. Membership
+        takes effect when applied, so two changes may never be in the log unapplied at
+        once: their combined effect could differ by two servers from the configuration a
+        lagging node still uses, and two such majorities need not overlap."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.lead_transferee:
+            return f"a leader transfer to {self.lead_transferee} is under way"
+        if self.log.applied < self.pending_conf_index:
+            if self.log.term(self.pending_conf_index) == self.term and not self.committed_in_term():
+                return "the new leader has not committed an entry of its term yet"
+            return "a previous membership change is still being applied"
+        return None
+
+    def propose_conf_change(self, data: bytes) -> tuple[int, int]:
+        """Append one membership change (its data is the state machine's business);
+        returns (index, term). Raises NotLeader, ConfChangeRefused."""
+        why = self.conf_change_refusal()
+        if why is not None:
+            raise ConfChangeRefused(why)
+        index = self.log.last_index() + 1
+        self._append([Entry(self.term, index, EntryType.CONF_CHANGE, data)])
+        self.pending_conf_index = index
+        return index, self.term
+
+    def apply_conf(self, voters: Sequence[str], learners: Sequence[str]) -> None:
+        """A membership change was applied (or a snapshot installed, or the node started):
+        from now on these are the voters and learners. Called by the runtime in apply order."""
+        old = set(self.peers)
+        self._set_config(voters, learners)
+        self._log_event(f"membership now voters {','.join(self.voters) or '-'}"
+                        f" learners {','.join(self.learners) or '-'}")
+        if self.role == Role.LEADER:
+            last = self.log.last_index()
+            for p in set(self.peers) - old:
+                pr = Progress(last + 1, self.cfg.max_inflight)
+                pr.recent_active = True
+                self.prs[p] = pr
+            for p in old - set(self.peers):
+                self.prs.pop(p, None)
+            if self.lead_transferee and self.lead_transferee not in self.voter_peers:
+                self.lead_transferee = ""
+            if not self.is_voter():
+                self._step_down_removed()
+                return
+            if self._maybe_commit():
+                self._broadcast_append()
+            self._release_reads()
+            for p in set(self.peers) - old:
+                self._send_append(p)
+        elif self.role != Role.FOLLOWER and not self.is_voter():
+            self.become_follower(self.term, "")
+
+    def _step_down_removed(self) -> None:
+        """We were removed (or demoted) while leading: tell the others the commit index
+        that includes the change, hand leadership to the most up-to-date voter at once
+        rather than leave the cluster to wait an election timeout, and step down."""
+        self._broadcast_heartbeat()
+        best = max(self.voter_peers, key=lambda p: self.prs[p].match, default="")
+        if best and self.prs[best].match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, self.id, best, self.term))
+        self._log_event("no longer a voter: stepping down")
+        self.become_follower(self.term, "")
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to `target` (thesis 3.10): stop taking proposals, bring it up to
+        date, then tell it to campaign at once. Gives up after an election timeout.
+        Raises NotLeader, TransferRefused."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader)
+        if target == self.id:
+            return
+        if target not in self.voter_peers:
+            raise TransferRefused(f"{target} is not a voter of this cluster")
+        self.lead_transferee = target
+        self.transfer_elapsed = 0
+        # Our election timer restarts so check-quorum does not end the transfer early.
+        self.election_elapsed = 0
+        self._log_event(f"transferring leadership to {target}")
+        if self.prs[target].match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, self.id, target, self.term))
+        else:
+            self._send_append(target)
 
     def _append(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -291,7 +410,7 @@ class Raft:
     def _release_reads(self) -> None:
         if not self._pending_reads or not self.committed_in_term():
             return
-        acks = sorted((self.prs[p].read_ack for p in self.peers), reverse=True)
+        acks = sorted((self.prs[p].read_ack for p in self.voter_peers), reverse=True)
         # Self counts as one ack of every round; need quorum - 1 peers. Alone we are the
         # quorum: every queued read, even one waiting for a round not flushed yet, is done.
         need = self._peer_acks_needed()
@@ -316,7 +435,7 @@ class Raft:
 
     def _peer_acks_needed(self) -> int:
         """Peers that must answer a read round besides ourselves (0 in a one-node cluster)."""
-        return self._quorum() - 1
+        return self._quorum() - (1 if self.is_voter() else 0)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -360,7 +479,7 @@ class Raft:
 
     def step(self, m: Message) -> None:
         if m.src not in self.peers:
-            # Only a configured voter other than ourselves may speak to us: a stranger's
+            # Only a member (voter or learner) other than ourselves may speak to us: a stranger's
             # vote could elect us, its append could make us follow it.
             self._log_event(f"ignored {m.type.name} from non-member {m.src!r}")
             return
@@ -369,14 +488,15 @@ class Raft:
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 in_lease = (self.cfg.check_quorum and self.leader != ""
-                            and self.election_elapsed < self.cfg.election_ticks)
+                            and self.election_elapsed < self.cfg.election_ticks
+                            and not (m.type == MT.VOTE and m.context == FORCE_VOTE))
                 if in_lease:
                     # Leader stickiness: we heard from a live leader recently.
                     return
             if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
                 pass  # pre-votes never change our term
             else:
-                leader = m.src if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP) else ""
+                leader = m.src if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP, MT.TIMEOUT_NOW) else ""
                 self.become_follower(m.term, leader)
         elif m.term < self.term:
             if (m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP)
@@ -448,6 +568,10 @@ class Raft:
             self.election_elapsed = 0
             self.leader = m.src
             self._handle_snapshot(m)
+        elif m.type == MT.TIMEOUT_NOW:
+            if m.src == self.leader and self.is_voter() and not self.rebuilding:
+                self._log_event(f"leader {m.src} handed leadership to us: campaigning now")
+                self._campaign(pre=False, forced=True)
         elif m.type == MT.HEARTBEAT:
             self.election_elapsed = 0
             self.leader = m.src
@@ -564,6 +688,8 @@ class Raft:
                 self._broadcast_append()
             else:
                 self._send_append(m.src)
+        if m.src == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, self.id, m.src, self.term))
 
     def _on_heartbeat_answer(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True

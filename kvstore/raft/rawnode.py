@@ -24,6 +24,7 @@ class PeerStatus:
     match: int
     next: int
     state: str  # "probe" | "replicate" | "snapshot"
+    active: bool = True  # heard from within the current election timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class Status:
     passive: bool  # resynced and not yet reached by a leader: neither votes nor campaigns
     rebuilding: bool  # resynced and not yet holding data from a leader
     progress: dict[str, PeerStatus] = field(default_factory=dict)  # leader only
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+    transferee: str = ""  # leader: the voter leadership is being handed to
 
 
 class RawNode:
@@ -67,6 +71,23 @@ class RawNode:
     def propose(self, payloads: Sequence[bytes]) -> tuple[int, int]:
         """Propose a batch; returns (index of the first entry, term). Raises NotLeader."""
         return self.raft.propose(payloads)
+
+    def propose_conf_change(self, data: bytes) -> tuple[int, int]:
+        """Propose one membership change; returns (index, term). Raises NotLeader,
+        ConfChangeRefused."""
+        return self.raft.propose_conf_change(data)
+
+    def conf_change_refusal(self) -> str | None:
+        """Why a membership change cannot be proposed now (None: it can). Raises NotLeader."""
+        return self.raft.conf_change_refusal()
+
+    def apply_conf(self, voters: Sequence[str], learners: Sequence[str]) -> None:
+        """The applied membership is now `voters` + `learners`."""
+        self.raft.apply_conf(voters, learners)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Start handing leadership to `target`. Raises NotLeader, TransferRefused."""
+        self.raft.transfer_leadership(target)
 
     def report_unreachable(self, peer: str) -> None:
         """Messages to `peer` were lost in transit; replication to it restarts with a probe."""
@@ -101,13 +122,18 @@ class RawNode:
     def last_index(self) -> int:
         return self.raft.log.last_index()
 
+    @property
+    def transferee(self) -> str:
+        """Leader: the voter leadership is being handed to ("" when none)."""
+        return self.raft.lead_transferee
+
     def status(self) -> Status:
         """A snapshot of the core's state for operators and services (never a live view)."""
         r = self.raft
         progress: dict[str, PeerStatus] = {}
         if r.role == Role.LEADER:
             progress = {
-                p: PeerStatus(pr.match, pr.next, pr.state.name.lower())
+                p: PeerStatus(pr.match, pr.next, pr.state.name.lower(), pr.recent_active)
                 for p, pr in r.prs.items() if p != r.id
             }
         return Status(
@@ -123,6 +149,9 @@ class RawNode:
             passive=r.passive,
             rebuilding=r.rebuilding,
             progress=progress,
+            voters=r.voters,
+            learners=r.learners,
+            transferee=r.lead_transferee,
         )
 
     # -- output ----------------------------------------------------------------------

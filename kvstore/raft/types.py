@@ -12,6 +12,7 @@ from enum import IntEnum
 class EntryType(IntEnum):
     NORMAL = 0  # data is an encoded state-machine command
     NOOP = 1  # appended by a new leader at the start of its term (thesis 6.4)
+    CONF_CHANGE = 2  # a single-server membership change; takes effect when applied
 
 
 class MessageType(IntEnum):
@@ -28,6 +29,13 @@ class MessageType(IntEnum):
     # runtime streams its current state (InstallSnapshot RPC); the follower's runtime then
     # steps a SNAP message whose index/log_term say what the snapshot covers.
     SNAP = 9
+    # Leader transfer (thesis 3.10): the leader tells an up-to-date voter to campaign now,
+    # without pre-vote; its vote requests then carry context=FORCE_VOTE so that voters
+    # which heard from the (old) leader recently do not ignore them.
+    TIMEOUT_NOW = 10
+
+
+FORCE_VOTE = 1  # VOTE.context of a campaign started by TIMEOUT_NOW
 
 
 class Role(IntEnum):

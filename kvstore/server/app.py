@@ -21,6 +21,7 @@ import grpc
 
 from kvstore.etcdapi.gateway import GatewayBackend, serve_http
 from kvstore.etcdapi.server import add_etcd_api
+from kvstore.raft.types import Role
 from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
 from kvstore.server.hash_checker import HashChecker
@@ -38,6 +39,7 @@ from kvstore.server.tls import (
     peer_server_credentials,
 )
 from kvstore.server.transport import GRPC_OPTIONS, PeerTransport
+from kvstore.state.membership import Member
 from kvstore.storage.errors import CorruptLogError, StorageError
 from kvstore.storage.lmdb_store import LmdbNodeStore
 from kvstore.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2_grpc
@@ -46,6 +48,7 @@ log = logging.getLogger("kvstore.server")
 
 # A file in an (empty) data dir: the node was wiped to be rebuilt from the leader.
 RESYNC_MARKER = "RESYNC"
+REMOVED_GRACE_SECONDS = 0.5
 
 
 class StartupError(Exception):
@@ -95,13 +98,20 @@ async def _serve(config: NodeConfig) -> None:
     resync = os.path.exists(marker)
     if resync:
         log.warning("resyncing: this node will not vote or campaign until a leader reaches it")
-    gate = PeerGate(config.node_id, cluster_id, frozenset(config.peers), config.client_address)
-    transport = PeerTransport(config.peers, metadata=gate.outgoing(),
+    # The membership is replicated state once recorded; --peers (or what --join learned)
+    # only seeds a data dir that has none.
+    if store.seed_members(config.bootstrap_members()):
+        log.info("recorded the initial membership: %s",
+                 ", ".join(f"{m.id}={m.peer_address}" for m in config.bootstrap_members()))
+    members = store.members()
+    peers = {m.id: m.peer_address for m in members if m.id != config.node_id}
+    gate = PeerGate(config.node_id, cluster_id, frozenset(peers), config.client_address)
+    transport = PeerTransport(peers, metadata=gate.outgoing(),
                               credentials=peer_channel_creds)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     driver = NodeDriver(
         config.node_id,
-        [config.node_id, *config.peers],
+        [m.id for m in members if not m.learner],
         store,
         transport.send,
         rng,
@@ -132,8 +142,8 @@ async def _serve(config: NodeConfig) -> None:
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(config.node_id, store, transport, config.fault_injection,
                      hash_at=driver.runtime.hash_checks.get), peer_server)
-    forwarder = add_etcd_api(client_server, peer_server, config, cluster_id, driver, store,
-                             gate, peer_channel_creds)
+    etcd_api = add_etcd_api(client_server, peer_server, config, cluster_id, driver, store,
+                            gate, peer_channel_creds)
     # The client port is shared by gRPC and etcd's JSON gateway (port_mux.py says how and
     # why): gRPC listens on an internal loopback port, the gateway reaches it through a
     # private Unix socket (so no TLS client check is bypassed), the mux owns --listen.
@@ -168,18 +178,41 @@ async def _serve(config: NodeConfig) -> None:
              _describe(config.client_tls is not None,
                        config.client_tls is not None and config.client_tls.client_cert_auth),
              config.listen_peer, _describe(config.peer_tls is not None, True),
-             ",".join(f"{k}={v}" for k, v in config.peers.items()) or "none", config.data_dir)
+             ",".join(f"{k}={v}" for k, v in peers.items()) or "none", config.data_dir)
+    checker = None
+    if config.corrupt_check_interval > 0:
+        checker = HashChecker(config.node_id, peers, driver, transport.fetch_hash,
+                              config.corrupt_check_interval)
+
+    def membership_changed(now: list[Member]) -> None:
+        others = {m.id: m.peer_address for m in now if m.id != config.node_id}
+        gate.peers = frozenset(others)
+        transport.set_peers(others)
+        etcd_api.set_members(now)
+        if checker is not None:
+            checker.peers = sorted(others)
+        log.info("membership: %s", ", ".join(
+            f"{m.id}{' (learner)' if m.learner else ''}={m.peer_address}" for m in now))
+        if driver.removed():
+            log.warning("this node was removed from the cluster: stopping")
+            removed.set()
+
+    removed = asyncio.Event()
+    driver.on_membership = membership_changed
     driver_task = asyncio.create_task(driver.run(), name="raft-driver")
     checker_task = None
-    if config.corrupt_check_interval > 0 and config.peers:
-        checker = HashChecker(config.node_id, config.peers, driver, transport.fetch_hash,
-                              config.corrupt_check_interval)
+    if checker is not None:
         checker_task = asyncio.create_task(checker.run(), name="hash-checker")
     stop_task = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({driver_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    removed_task = asyncio.create_task(_removed_grace(removed))
+    done, _ = await asyncio.wait({driver_task, stop_task, removed_task},
+                                 return_when=asyncio.FIRST_COMPLETED)
+    removed_task.cancel()
     failure = None
     if driver_task in done:
         failure = driver_task.exception()
+    elif stop_task in done and driver.role == Role.LEADER:
+        await _hand_over_leadership(driver)
     # Clean shutdown: the driver finishes the Ready in hand (its loop checks the flag
     # between turns), then we stop serving and close LMDB.
     if checker_task is not None:
@@ -192,13 +225,39 @@ async def _serve(config: NodeConfig) -> None:
     await backend.close()
     await asyncio.gather(client_server.stop(grace=0.5), peer_server.stop(grace=0.5))
     shutil.rmtree(gateway_dir, ignore_errors=True)
-    await forwarder.close()
+    await etcd_api.forwarder.close()
     await transport.stop()
     store.close()
     if failure is not None:
         log.critical("stopping: %s", failure, exc_info=failure)
         raise StartupError(f"node stopped after a fatal error: {failure}")
     log.info("node %s stopped cleanly", config.node_id)
+
+
+async def _removed_grace(removed: asyncio.Event) -> None:
+    """Returns a moment after this node applied its own removal: long enough for its last
+    messages (a removed leader's final commit index and TimeoutNow) to go out."""
+    await removed.wait()
+    await asyncio.sleep(REMOVED_GRACE_SECONDS)
+
+
+async def _hand_over_leadership(driver: NodeDriver) -> None:
+    """A leader asked to stop (SIGTERM) first hands leadership to the most up-to-date
+    voter, so that a planned restart costs the cluster no election timeout (etcd does the
+    same). Bounded by two election timeouts; on failure the node stops anyway."""
+    st = driver.status()
+    voters = [v for v in st.voters if v != driver.node_id]
+    if not voters:
+        return
+    target = max(voters, key=lambda v: st.progress[v].match if v in st.progress else -1)
+    timeout = 2 * driver.election_seconds
+    log.info("stopping: handing leadership to %s first", target)
+    try:
+        await driver.transfer_leadership(target, timeout)
+    except Exception as err:  # noqa: BLE001 - stopping anyway; the cluster elects as usual
+        log.warning("leader transfer before stopping failed: %s", err)
+    else:
+        log.info("leadership moved to %s", target)
 
 
 def _bind(server: grpc.aio.Server, address: str,

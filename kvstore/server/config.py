@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvstore.state.membership import Member
+
 DEFAULT_QUOTA_BYTES = 2 << 30
 DEFAULT_SHARDS = 16
 DEFAULT_VNODES = 64
@@ -65,6 +67,16 @@ class NodeConfig:
     client_tls: ServerTLS | None = None
     peer_tls: PeerTLS | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The membership to start from when the data dir has none recorded: set by `--join`
+    # (learned from the cluster); None means this node and --peers, all voters.
+    initial_members: tuple[Member, ...] | None = None
+
+    def bootstrap_members(self) -> list[Member]:
+        """The membership a new data dir starts from."""
+        if self.initial_members is not None:
+            return list(self.initial_members)
+        return [Member(self.node_id, self.listen_peer),
+                *(Member(nid, addr) for nid, addr in self.peers.items())]
 
     @property
     def client_address(self) -> str:

@@ -163,7 +163,7 @@ class PeerGate:
             self._refuse(
                 f"sender:{sender}", "PERMISSION_DENIED",
                 f"refused {what} from {name}: not a member of this cluster "
-                f"(--peers: {', '.join(sorted(self.peers)) or 'none'})")
+                f"(members: {', '.join(sorted(self.peers)) or 'none'})")
         address = md.get(CLIENT_ADDRESS_KEY, "")
         if address:
             try:

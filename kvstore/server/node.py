@@ -22,6 +22,7 @@ from kvstore.raft.rawnode import Status
 from kvstore.raft.types import Message, Role, SnapshotMeta
 from kvstore.server.runtime import (
     LeadershipLost,
+    MembershipRefused,
     NodeRuntime,
     NodeStore,
     Plan,
@@ -32,12 +33,14 @@ from kvstore.server.runtime import (
 )
 from kvstore.server.watch_hub import WatchHub
 from kvstore.state.commands import ApplyResult
+from kvstore.state.membership import Member
 from kvstore.storage.errors import OutOfSpaceError
+from kvstore.v1 import raft_pb2
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeadershipLost", "NodeDriver", "NodeStore", "SessionExpired", "StaleRequest",
-           "resolve_applied"]
+__all__ = ["LeadershipLost", "MembershipRefused", "NodeDriver", "NodeStore", "SessionExpired",
+           "StaleRequest", "resolve_applied"]
 
 
 class SnapshotSource(NodeStore, Protocol):
@@ -77,6 +80,7 @@ class NodeDriver:
         self.store = store
         self._send = send
         self.tick_seconds = tick_seconds
+        self.election_seconds = election_ticks * tick_seconds  # the shortest election timeout
         self._snapshot_dir = snapshot_dir
         self._send_snapshot = send_snapshot
         self._snapshots_out: dict[str, asyncio.Task[None]] = {}
@@ -99,6 +103,10 @@ class NodeDriver:
         self.watch_hub = WatchHub(store)
         self._stopping = False
         self.out_of_space = ""  # the last out-of-space error while a write waits for space
+        # Told the applied membership whenever it changes (the shell updates its transport,
+        # peer gate and member book).
+        self.on_membership: Callable[[list[Member]], None] | None = None
+        self._membership_seen = self.runtime.membership_version
 
     @property
     def role(self) -> Role:
@@ -132,6 +140,37 @@ class NodeDriver:
         self.runtime.read_index(fut)
         self._wake.set()
         return fut
+
+    async def change_membership(self, change: raft_pb2.ConfChange) -> list[Member]:
+        """Propose one membership change on the leader and wait until it is applied here;
+        returns the new membership. Raises NotLeader, MembershipRefused (nothing changed),
+        LeadershipLost (it may or may not apply)."""
+        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self.runtime.propose_conf_change(change, fut)
+        self._wake.set()
+        result = await fut
+        if result.error or result.members is None:
+            raise MembershipRefused(result.error or "membership change not applied")
+        return list(result.members)
+
+    async def transfer_leadership(self, target: str, timeout: float) -> None:
+        """Hand leadership to `target` and wait until it leads. Raises NotLeader,
+        MembershipRefused (refused, or not done within `timeout` seconds)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.runtime.transfer_leadership(target, fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise MembershipRefused(f"leadership did not move to {target} within "
+                                    f"{timeout:.1f} s", True) from None
+
+    def members(self) -> list[Member]:
+        """The applied membership (the bootstrap one until a change or snapshot)."""
+        return list(self.runtime.members)
+
+    def removed(self) -> bool:
+        return self.runtime.removed()
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Renew a lease on the leader, counted from the keep-alive's arrival, once a
@@ -213,6 +252,10 @@ class NodeDriver:
                             self.watch_hub.publish(revisions[0])
                         if self._revision_waiters:
                             self._wake_watchers(revisions)
+                    if rt.membership_version != self._membership_seen:
+                        self._membership_seen = rt.membership_version
+                        if self.on_membership is not None:
+                            self.on_membership(list(rt.members))
                     if rt.resync_finished() and self._resync_marker is not None:
                         # A leader reached us and what it told us is on disk: from now on
                         # the data dir is an ordinary member's.

@@ -38,7 +38,7 @@ MAX_INDEX = 2**62
 # What a peer may send. SNAP is made by our own runtime from a checked InstallSnapshot.
 PEER_TYPES = frozenset({
     MT.APP, MT.APP_RESP, MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP,
-    MT.HEARTBEAT, MT.HEARTBEAT_RESP,
+    MT.HEARTBEAT, MT.HEARTBEAT_RESP, MT.TIMEOUT_NOW,
 })
 # Messages whose `log_term` names a term of the sender's log, which is never ahead of the
 # term the message carries.
@@ -50,7 +50,7 @@ class Receiver:
     """What the checks need to know of the receiving node at delivery time."""
 
     node_id: str
-    peers: frozenset[str]  # the configured voters other than this node
+    peers: frozenset[str]  # the members (voters and learners) other than this node
     term: int  # the core's current term
     leader_last_index: int | None  # our last log index while we lead, else None
 
@@ -72,7 +72,7 @@ def refusal(m: Message, rx: Receiver) -> str | None:
     if m.dst != rx.node_id:
         return f"addressed to {m.dst!r}, not to us"
     if not isinstance(m.src, str) or m.src not in rx.peers:
-        return f"sender {m.src!r} is not a configured voter other than us"
+        return f"sender {m.src!r} is not a member other than us"
     if not _is_int(m.term) or not 0 <= m.term <= max_accepted_term(rx.term):
         return (f"term {m.term} is beyond the accepted bound "
                 f"{max_accepted_term(rx.term)} (our term {rx.term})")
@@ -101,7 +101,7 @@ def snapshot_refusal(src: str, term: int, peers: frozenset[str], our_term: int,
     """Why a snapshot stream from `src` (leader of `term`) must be refused before its data
     is even read, or None: only the leader we follow in our current term may send one."""
     if src not in peers:
-        return f"sender {src!r} is not a configured voter other than us"
+        return f"sender {src!r} is not a member other than us"
     if term != our_term:
         return f"its term {term} is not our term {our_term}"
     if src != our_leader:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvstore.raft.core import RaftConfig
-from kvstore.raft.errors import NotLeader
+from kvstore.raft.errors import ConfChangeRefused, NotLeader, TransferRefused
 from kvstore.raft.rawnode import RawNode, Status
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import (
@@ -50,11 +50,13 @@ from kvstore.raft.types import (
 )
 from kvstore.server import peer_checks
 from kvstore.server.lessor import Lessor
-from kvstore.state import commands
+from kvstore.state import commands, membership
 from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
+from kvstore.state.membership import Member
 from kvstore.storage import snapshot_file
 from kvstore.storage.errors import StorageError
+from kvstore.v1 import raft_pb2
 
 MAX_TICKS_PER_TURN = 3
 MAX_HASH_CHECKS = 16
@@ -82,6 +84,8 @@ class NodeStore(LogStorage, Protocol):
 
     def install_snapshot(self, data: bytes, hard_state: HardState | None) -> SnapshotMeta: ...
 
+    def members(self) -> list[Member]: ...
+
 
 class LeadershipLost(Exception):
     """The request was accepted by a leader that lost its role before answering; a write
@@ -100,6 +104,16 @@ class SessionExpired(Exception):
 class SnapshotRefused(ValueError):
     """A snapshot that may be intact but is not ours to take now (not from the leader we
     follow in our term); a damaged one raises a plain ValueError."""
+
+
+class MembershipRefused(Exception):
+    """A membership change or leader transfer that was not made (nothing changed); the
+    message says why. `retryable` when it may succeed later as it is (a change or an
+    election in progress, a learner still catching up)."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class AlarmRefused(Exception):
@@ -240,9 +254,16 @@ class NodeRuntime:
         self.snapshot_entries = snapshot_entries
         self._can_send_snapshots = can_send_snapshots
         self._log = log or (lambda _text: None)
+        # The applied membership wins over the bootstrap one (`voters`: the cluster's
+        # initial voters, from --peers), which only a store that never recorded one uses.
+        self.members: list[Member] = store.members()
+        voters, learners = (membership.voters_and_learners(self.members) if self.members
+                            else (tuple(voters), ()))
+        self.membership_version = 0  # bumped whenever the applied membership changes
         cfg = RaftConfig(
             node_id=node_id,
             voters=tuple(voters),
+            learners=learners,
             election_ticks=election_ticks,
             applied=store.applied_index(),
             passive_until_contact=resyncing,
@@ -267,7 +288,11 @@ class NodeRuntime:
         self._waiting_apply: list[tuple[int, Waiter]] = []
         self._streaming: set[str] = set()  # peers we are sending a snapshot to
         self._refusals: dict[str, int] = {}  # refused peer messages, per kind and sender
-        self._peers = frozenset(cfg.voters) - {node_id}  # who may send us messages
+        # Who may send us messages: every other member.
+        self._peers = frozenset({*cfg.voters, *cfg.learners}) - {node_id}
+        self._conf_proposals: list[tuple[raft_pb2.ConfChange, Waiter]] = []
+        self._transfers: list[tuple[str, Waiter]] = []  # (target, waiter) to start
+        self._transfer_waiters: list[tuple[str, Waiter]] = []  # started, awaiting the result
         self.quota_bytes = quota_bytes
         # Hashes of our state taken at hash-check entries: log index -> digest (the latest few).
         self.hash_checks: dict[int, str] = {}
@@ -366,6 +391,26 @@ class NodeRuntime:
             return
         self._read_requests.append(waiter)
 
+    def propose_conf_change(self, change: raft_pb2.ConfChange, waiter: Waiter) -> None:
+        """Queue one membership change; `waiter` gets its ApplyResult once applied (with
+        `error` set if the state machine refused it), or NotLeader / MembershipRefused."""
+        if self.role != Role.LEADER:
+            waiter.set_exception(NotLeader(self.leader))
+            return
+        self._conf_proposals.append((change, waiter))
+
+    def transfer_leadership(self, target: str, waiter: Waiter) -> None:
+        """Hand leadership to `target`; `waiter` gets None once it leads (NotLeader,
+        MembershipRefused when it cannot start or timed out)."""
+        if self.role != Role.LEADER:
+            waiter.set_exception(NotLeader(self.leader))
+            return
+        self._transfers.append((target, waiter))
+
+    def removed(self) -> bool:
+        """This node applied a membership that no longer includes it."""
+        return bool(self.members) and all(m.id != self.node_id for m in self.members)
+
     def report_unreachable(self, peer: str) -> None:
         """The transport lost messages to `peer`."""
         if peer not in self._unreachable:
@@ -378,7 +423,8 @@ class NodeRuntime:
 
     def has_inputs(self) -> bool:
         return bool(self._ticks_due or self._inbox or self._proposals or self._read_requests
-                    or self._unreachable or self._snapshot_reports)
+                    or self._unreachable or self._snapshot_reports or self._conf_proposals
+                    or self._transfers)
 
     def wants_turn(self) -> bool:
         """Whether a turn (feed + plans) has anything to do."""
@@ -417,6 +463,25 @@ class NodeRuntime:
             else:
                 for i, (_, w) in enumerate(props):
                     self._waiting_entries[first + i] = (term, w)
+        confs, self._conf_proposals = self._conf_proposals, []
+        for change, w in confs:
+            if not w.done():
+                self._feed_conf_change(change, w)
+        transfers, self._transfers = self._transfers, []
+        for target, w in transfers:
+            if w.done():
+                continue
+            try:
+                raw.transfer_leadership(target)
+            except NotLeader as err:
+                w.set_exception(NotLeader(err.leader))
+            except TransferRefused as err:
+                w.set_exception(MembershipRefused(str(err)))
+            else:
+                if target == self.node_id:
+                    w.set_result(None)
+                else:
+                    self._transfer_waiters.append((target, w))
         reads, self._read_requests = self._read_requests, []
         for w in reads:
             if w.done():
@@ -428,6 +493,88 @@ class NodeRuntime:
                 w.set_exception(NotLeader(err.leader))
             else:
                 self._waiting_read_ids[rid] = w
+
+    def _feed_conf_change(self, change: raft_pb2.ConfChange, w: Waiter) -> None:
+        raw = self.raw
+        try:
+            why = raw.conf_change_refusal()
+        except NotLeader as err:
+            w.set_exception(NotLeader(err.leader))
+            return
+        if why is not None:
+            w.set_exception(MembershipRefused(f"{membership.describe(change)}: {why}", True))
+            return
+        why, retryable = self._membership_refusal(change)
+        if why is not None:
+            w.set_exception(MembershipRefused(f"{membership.describe(change)}: {why}",
+                                              retryable))
+            return
+        try:
+            index, term = raw.propose_conf_change(change.SerializeToString())
+        except (NotLeader, ConfChangeRefused) as err:  # not expected after the checks
+            w.set_exception(err if isinstance(err, NotLeader) else MembershipRefused(str(err)))
+            return
+        self._log(f"proposed membership change at {index}: {membership.describe(change)}")
+        self._waiting_entries[index] = (term, w)
+
+    def _membership_refusal(self, cc: raft_pb2.ConfChange) -> tuple[str | None, bool]:
+        """(why the leader refuses `cc`, whether a retry may succeed), or (None, False).
+        Beyond the state machine's own checks (applied the same on every member), the
+        leader refuses what would cost the cluster its quorum (etcd's strict
+        reconfiguration check) and a promotion of a learner that is not nearly caught up
+        (etcd: within 10% of the leader's log)."""
+        current = {m.id: m for m in self.members}
+        st = self.raw.status()
+        voters = set(st.voters)
+        CT = membership.CT
+        try:
+            membership.check_node_id(cc.node_id)
+        except membership.ConfChangeError as err:
+            return str(err), False
+        if cc.type not in (CT.CONF_ADD_VOTER, CT.CONF_ADD_LEARNER, CT.CONF_PROMOTE,
+                           CT.CONF_REMOVE, CT.CONF_UPDATE):
+            return "unknown membership change type", False
+        if current:
+            records = {m.id: raft_pb2.MemberRecord(peer_address=m.peer_address,
+                                                   learner=m.learner) for m in current.values()}
+            try:
+                membership.check(records, cc)
+            except membership.ConfChangeError as err:
+                return str(err), False
+
+        def active(node: str) -> bool:
+            if node == self.node_id:
+                return True
+            p = st.progress.get(node)
+            return p is not None and p.active
+
+        if cc.type in (CT.CONF_ADD_VOTER, CT.CONF_PROMOTE):
+            if cc.type == CT.CONF_PROMOTE:
+                p = st.progress.get(cc.node_id)
+                leader_match = st.last_index
+                if p is None or p.match < leader_match * 9 // 10:
+                    have = 0 if p is None else p.match
+                    return (f"learner {cc.node_id} is not ready: it holds the log up to "
+                            f"{have} of {leader_match} (promotion needs 90%)"), True
+            after = voters | {cc.node_id}
+            up = sum(1 for v in after if active(v))
+            if up < len(after) // 2 + 1:
+                return (f"the cluster would lose its quorum: {up} of {len(after)} voters "
+                        "would be reachable"), True
+        if cc.type == CT.CONF_REMOVE and cc.node_id in voters:
+            after = voters - {cc.node_id}
+            up = sum(1 for v in after if active(v))
+            if up < len(after) // 2 + 1:
+                return (f"the cluster would lose its quorum: {up} of {len(after)} remaining "
+                        "voters are reachable"), True
+        return None, False
+
+    def _apply_membership(self, members: Sequence[Member]) -> None:
+        self.members = list(members)
+        voters, learners = membership.voters_and_learners(members)
+        self.raw.apply_conf(voters, learners)
+        self._peers = frozenset({*voters, *learners}) - {self.node_id}
+        self.membership_version += 1
 
     def next_plan(self) -> Plan | None:
         """The next Ready as a plan, or None when the core has nothing to hand out."""
@@ -467,8 +614,14 @@ class NodeRuntime:
             self.applied_index = rd.snapshot.meta.index
             self._log(f"installed snapshot at index {rd.snapshot.meta.index} "
                       f"(term {rd.snapshot.meta.term})")
+            installed = self.store.members()
+            if installed:
+                self._apply_membership(installed)
         if rd.committed:
             self.applied_index = rd.committed[-1].index
+            for r in results:
+                if r.members is not None:
+                    self._apply_membership(r.members)
             resolve_applied(self._waiting_entries, rd.committed, results)
             self._keep_hash_checks(results)
             self.lessor.applied(r.lease for r in results if r.lease is not None)
@@ -482,6 +635,9 @@ class NodeRuntime:
                 w.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
         self._release_reads()
         self.raw.advance(rd)
+        if self._transfer_waiters and self.role == Role.LEADER and not self.raw.transferee:
+            self._fail_transfers("leader transfer timed out: the target did not catch up "
+                                 "or win its election within an election timeout")
         if rd.committed and self._quota_check_due(rd.committed):
             self._check_quota()
 
@@ -551,10 +707,14 @@ class NodeRuntime:
             if not w.done():
                 w.set_exception(err)
         self._waiting_entries.clear()
-        for _, w in self._proposals:
+        for _, w in [*self._proposals, *self._conf_proposals, *self._transfers,
+                     *self._transfer_waiters]:
             if not w.done():
                 w.set_exception(err)
         self._proposals.clear()
+        self._conf_proposals.clear()
+        self._transfers.clear()
+        self._transfer_waiters.clear()
         for w in [*self._read_requests, *self._waiting_read_ids.values(),
                   *(w for _, w in self._waiting_apply)]:
             if not w.done():
@@ -576,16 +736,31 @@ class NodeRuntime:
                 still.append((index, w))
         self._waiting_apply = still
 
+    def _fail_transfers(self, why: str) -> None:
+        waiters, self._transfer_waiters = self._transfer_waiters, []
+        for _, w in waiters:
+            if not w.done():
+                w.set_exception(MembershipRefused(why, True))
+
     def _on_soft_state(self, role: Role, leader: str) -> None:
         was_leader = self.role == Role.LEADER
         self.role, self.leader = role, leader
+        if self._transfer_waiters and leader:
+            # A transfer ends when a leader is known again: the target, or someone else.
+            for t, w in self._transfer_waiters:
+                if t == leader and not w.done():
+                    w.set_result(None)
+            self._fail_transfers(f"leadership went to {leader}, not the transfer target")
         self._log(f"{self.node_id} is now {role.label} (leader {leader or 'unknown'})")
         if role == Role.LEADER and not was_leader:
             self.lessor.promote(self.store.leases())
         elif role != Role.LEADER:
             self.lessor.demote(leader)
         if was_leader and role != Role.LEADER:
+            # Stepping down is how a transfer succeeds: its waiters wait for the new leader.
+            transfers, self._transfer_waiters = self._transfer_waiters, []
             self.fail_all(LeadershipLost("leadership lost; the write may or may not apply"))
+            self._transfer_waiters = transfers
 
     # -- views ---------------------------------------------------------------------------
 

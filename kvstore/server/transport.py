@@ -170,6 +170,7 @@ class PeerTransport:
         # Told when messages to a peer were lost, so replication to it re-probes.
         self.on_drop: Callable[[str], None] | None = None
         self.drop_from: set[str] = set()  # fault injection: ignore messages from these
+        self._started = False
 
     def _report_drop(self, peer_id: str) -> None:
         if self.on_drop is not None:
@@ -215,8 +216,24 @@ class PeerTransport:
         return reply.digest if reply.found else None
 
     def start(self) -> None:
+        self._started = True
         for s in self.senders.values():
             s.start()
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """The membership changed: stream to exactly `peers` (id -> peer address) from now
+        on. New peers get a sender, removed ones lose theirs, a moved peer a new one."""
+        for pid in list(self.senders):
+            if peers.get(pid) != self.senders[pid].address:
+                sender = self.senders.pop(pid)
+                asyncio.get_running_loop().create_task(sender.stop())
+        for pid, addr in peers.items():
+            if pid not in self.senders:
+                sender = PeerSender(pid, addr, self._report_drop, metadata=self._metadata,
+                                    credentials=self._credentials, refusals=self.refusals)
+                self.senders[pid] = sender
+                if self._started:
+                    sender.start()
 
     async def stop(self) -> None:
         for s in self.senders.values():

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from kvstore.etcdpb import rpc_pb2
 from kvstore.state.leases import LeaseChange
+from kvstore.state.membership import Member
 from kvstore.v1 import raft_pb2
 
 
@@ -48,6 +49,8 @@ class ApplyResult:
     error: the write, compaction or lease operation was refused by the data model (a
         kvstore.state.mvcc.ERR_* or leases.ERR_* message); nothing changed and ok is False.
     lease: a lease granted or revoked by this entry (the leader's lessor follows these).
+    members: the membership after a membership change entry that applied (the runtime
+        hands it to the core); a change that did not fit has ok False and `error`.
     """
 
     index: int
@@ -65,6 +68,7 @@ class ApplyResult:
     response: rpc_pb2.TxnResponse | None = None
     error: str = ""
     lease: LeaseChange | None = None
+    members: tuple[Member, ...] | None = None
 
 
 def _command(client_id: bytes, seq: int, lowest_pending_seq: int) -> raft_pb2.Command:

@@ -56,9 +56,10 @@ from typing import Protocol
 
 from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.types import Entry, EntryType
-from kvstore.state import alarms, kv_ops, leases
+from kvstore.state import alarms, kv_ops, leases, membership
 from kvstore.state.commands import ApplyResult, CommandDecodeError, decode
 from kvstore.state.leases import LEASES_DB, LeaseChange
+from kvstore.state.membership import MEMBERS_DB
 from kvstore.state.mvcc import (
     ERR_LEASE_NOT_FOUND,
     KHIST_DB,
@@ -269,7 +270,7 @@ class ShardedStateMachine:
     @property
     def db_names(self) -> list[str]:
         """Every database the machine touches; the store must create them all."""
-        return [SESSIONS_DB, MVCC_DB, REVS_DB, KHIST_DB, LEASES_DB, *self._shard_dbs]
+        return [SESSIONS_DB, MVCC_DB, REVS_DB, KHIST_DB, LEASES_DB, MEMBERS_DB, *self._shard_dbs]
 
     @property
     def shard_dbs(self) -> list[str]:
@@ -369,6 +370,12 @@ class ShardedStateMachine:
     def _apply_one(self, txn: KVTxn, entry: Entry, batch: _Batch) -> ApplyResult:
         if entry.type == EntryType.NOOP or not entry.data:
             return ApplyResult(entry.index, b"", 0, ok=True, stale=False)
+        if entry.type == EntryType.CONF_CHANGE:
+            try:
+                now = membership.apply_change(txn, entry.data)
+            except membership.ConfChangeError as err:
+                return ApplyResult(entry.index, b"", 0, ok=False, stale=False, error=str(err))
+            return ApplyResult(entry.index, b"", 0, ok=True, stale=False, members=tuple(now))
         try:
             cmd = decode(entry.data)
         except CommandDecodeError:

@@ -28,7 +28,7 @@ import shutil
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,9 +37,11 @@ import lmdb
 
 from kvstore.etcdpb import kv_pb2, rpc_pb2
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
+from kvstore.state import membership
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import DEFAULT_MAX_SESSIONS, Session, ShardedStateMachine
+from kvstore.state.membership import Member
 from kvstore.storage.batch import plan_batch
 from kvstore.storage.errors import (
     ConfigMismatchError,
@@ -493,6 +495,15 @@ class LmdbNodeStore:
         snapshot: (events, revision to continue from). Raises MvccError when compacted."""
         return self._read(lambda t: self.machine.events(t, start_rev, key, range_end,
                                                         prev_kv, limit))
+
+    def members(self) -> list[Member]:
+        """The applied membership (empty until seeded)."""
+        return self._read(membership.members)
+
+    def seed_members(self, initial: Iterable[Member]) -> bool:
+        """Record the initial membership unless one is recorded; True if it wrote it."""
+        with self._write_lock, self._env.begin(write=True) as txn:
+            return membership.seed(_LmdbTxn(txn, self._dbs), initial)
 
     def lease(self, lease_id: int) -> int | None:
         """The granted TTL of a lease, or None if it does not exist."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from kvstore.etcdpb import kv_pb2, rpc_pb2
 from kvstore.raft.types import Entry, HardState, SnapshotMeta
+from kvstore.state import membership
 from kvstore.state.alarms import Alarm
 from kvstore.state.commands import ApplyResult
 from kvstore.state.machine import (
@@ -25,6 +26,7 @@ from kvstore.state.machine import (
     Session,
     ShardedStateMachine,
 )
+from kvstore.state.membership import Member
 from kvstore.storage.batch import plan_batch
 from kvstore.storage.errors import StorageError
 from kvstore.storage.snapshot_state import dump_state, open_snapshot
@@ -184,6 +186,15 @@ class MemoryNodeStore:
         """As LmdbNodeStore.events."""
         return self.machine.events(DictTxn(self._dbs), start_rev, key, range_end, prev_kv,
                                    limit)
+
+    def members(self) -> list[Member]:
+        return membership.members(DictTxn(self._dbs))
+
+    def seed_members(self, initial: Iterable[Member]) -> bool:
+        txn = DictTxn(self._dbs)
+        wrote = membership.seed(txn, initial)
+        txn.commit()
+        return wrote
 
     def lease(self, lease_id: int) -> int | None:
         return self.machine.lease(DictTxn(self._dbs), lease_id)

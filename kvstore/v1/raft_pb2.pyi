@@ -12,6 +12,7 @@ class EntryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENTRY_NORMAL: _ClassVar[EntryType]
     ENTRY_NOOP: _ClassVar[EntryType]
+    ENTRY_CONF_CHANGE: _ClassVar[EntryType]
 
 class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,8 +26,19 @@ class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MSG_HEARTBEAT: _ClassVar[MessageType]
     MSG_HEARTBEAT_RESP: _ClassVar[MessageType]
     MSG_SNAP: _ClassVar[MessageType]
+    MSG_TIMEOUT_NOW: _ClassVar[MessageType]
+
+class ConfChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONF_UNKNOWN: _ClassVar[ConfChangeType]
+    CONF_ADD_VOTER: _ClassVar[ConfChangeType]
+    CONF_ADD_LEARNER: _ClassVar[ConfChangeType]
+    CONF_PROMOTE: _ClassVar[ConfChangeType]
+    CONF_REMOVE: _ClassVar[ConfChangeType]
+    CONF_UPDATE: _ClassVar[ConfChangeType]
 ENTRY_NORMAL: EntryType
 ENTRY_NOOP: EntryType
+ENTRY_CONF_CHANGE: EntryType
 MSG_UNKNOWN: MessageType
 MSG_APP: MessageType
 MSG_APP_RESP: MessageType
@@ -37,6 +49,13 @@ MSG_PRE_VOTE_RESP: MessageType
 MSG_HEARTBEAT: MessageType
 MSG_HEARTBEAT_RESP: MessageType
 MSG_SNAP: MessageType
+MSG_TIMEOUT_NOW: MessageType
+CONF_UNKNOWN: ConfChangeType
+CONF_ADD_VOTER: ConfChangeType
+CONF_ADD_LEARNER: ConfChangeType
+CONF_PROMOTE: ConfChangeType
+CONF_REMOVE: ConfChangeType
+CONF_UPDATE: ConfChangeType
 
 class Entry(_message.Message):
     __slots__ = ("term", "index", "type", "data")
@@ -195,3 +214,23 @@ class CommandResult(_message.Message):
     OK_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+
+class ConfChange(_message.Message):
+    __slots__ = ("type", "node_id", "peer_address")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    type: ConfChangeType
+    node_id: str
+    peer_address: str
+    def __init__(self, type: _Optional[_Union[ConfChangeType, str]] = ..., node_id: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+
+class MemberRecord(_message.Message):
+    __slots__ = ("peer_address", "learner", "removed")
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    peer_address: str
+    learner: bool
+    removed: bool
+    def __init__(self, peer_address: _Optional[str] = ..., learner: _Optional[bool] = ..., removed: _Optional[bool] = ...) -> None: ...

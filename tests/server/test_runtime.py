@@ -302,7 +302,7 @@ def test_a_vote_from_a_non_member_is_refused_and_logged() -> None:
         assert rt.deliver(Message(MessageType.VOTE_RESP, stranger, "n1", term)) is False
     run_turns(rt, sent)
     assert rt.role == Role.CANDIDATE
-    assert any("refused VOTE_RESP from 'intruder'" in line and "not a configured voter" in line
+    assert any("refused VOTE_RESP from 'intruder'" in line and "not a member" in line
                for line in lines)
     assert rt.deliver(Message(MessageType.VOTE_RESP, "n2", "n1", term))
     run_turns(rt, sent)
@@ -414,8 +414,8 @@ def _snapshot_data() -> bytes:
     ("n3", 4, "'n3' is not the leader we follow in term 4 (ours: 'n1')"),
     ("n1", 5, "its term 5 is not our term 4"),
     ("n1", 3, "its term 3 is not our term 4"),
-    ("intruder", 4, "not a configured voter"),
-    ("n2", 4, "not a configured voter other than us"),
+    ("intruder", 4, "not a member"),
+    ("n2", 4, "not a member other than us"),
 ])
 def test_a_snapshot_not_from_the_current_leader_is_refused(src: str, term: int,
                                                            reason: str) -> None:

@@ -19,13 +19,13 @@ def _pb(**fields: object) -> raft_pb2.Message:
     return base
 
 
-@pytest.mark.parametrize("mtype", [0, 10, 42, 2**31 - 1, -1])
+@pytest.mark.parametrize("mtype", [0, 11, 42, 2**31 - 1, -1])
 def test_an_unknown_message_type_raises_wire_error(mtype: int) -> None:
     with pytest.raises(WireError, match=f"unknown message type {mtype} from 'n1'"):
         message_from_pb(_pb(type=mtype))
 
 
-@pytest.mark.parametrize("etype", [2, 99, -5])
+@pytest.mark.parametrize("etype", [3, 99, -5])
 def test_an_unknown_entry_type_raises_wire_error(etype: int) -> None:
     m = Message(MessageType.APP, "n1", "n2", 3, entries=(Entry(3, 1), Entry(3, 2)))
     pb = message_to_pb(m)
