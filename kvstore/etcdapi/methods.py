@@ -51,9 +51,14 @@ SERVICES: dict[str, dict[str, MessageTypes]] = {
         "Defragment": (pb.DefragmentRequest, pb.DefragmentResponse),
         "Hash": (pb.HashRequest, pb.HashResponse),
         "HashKV": (pb.HashKVRequest, pb.HashKVResponse),
+        "MoveLeader": (pb.MoveLeaderRequest, pb.MoveLeaderResponse),
     },
     CLUSTER: {
         "MemberList": (pb.MemberListRequest, pb.MemberListResponse),
+        "MemberAdd": (pb.MemberAddRequest, pb.MemberAddResponse),
+        "MemberRemove": (pb.MemberRemoveRequest, pb.MemberRemoveResponse),
+        "MemberUpdate": (pb.MemberUpdateRequest, pb.MemberUpdateResponse),
+        "MemberPromote": (pb.MemberPromoteRequest, pb.MemberPromoteResponse),
     },
     WATCH: {
         "Watch": (pb.WatchRequest, pb.WatchResponse),
@@ -71,13 +76,15 @@ SERVICES: dict[str, dict[str, MessageTypes]] = {
 STREAMS = frozenset({(WATCH, "Watch"), (LEASE, "LeaseKeepAlive")})
 
 # What a follower forwards to its leader: the KV service's methods, the alarm (it goes
-# through the log), the member list (a node asks a peer for its own client address), the
+# through the log), the member list (a node asks a peer for its own client address),
+# membership changes and MoveLeader (the leader makes them), the
 # lease calls (grants and revokes go through the log; renewals and the remaining TTL are
 # the leader's clock) and single keep-alives.
 SERVICES[FORWARD_SERVICE] = {
     **SERVICES[KV],
     "Alarm": SERVICES[MAINTENANCE]["Alarm"],
-    "MemberList": SERVICES[CLUSTER]["MemberList"],
+    **SERVICES[CLUSTER],
+    "MoveLeader": SERVICES[MAINTENANCE]["MoveLeader"],
     **{m: t for m, t in SERVICES[LEASE].items() if (LEASE, m) not in STREAMS},
     "LeaseKeepAliveOnce": SERVICES[LEASE]["LeaseKeepAlive"],
 }

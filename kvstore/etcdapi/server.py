@@ -24,6 +24,7 @@ from kvstore.etcdapi.kv_service import EtcdKVService
 from kvstore.etcdapi.lease_service import EtcdLeaseService
 from kvstore.etcdapi.maintenance_service import EtcdMaintenanceService
 from kvstore.etcdapi.members import MemberBook
+from kvstore.etcdapi.membership_service import EtcdMembershipService
 from kvstore.etcdapi.methods import CLUSTER, KV, LEASE, MAINTENANCE, WATCH, generic_handler
 from kvstore.etcdapi.watch_service import DEFAULT_PROGRESS_INTERVAL, EtcdWatchService
 from kvstore.server.config import NodeConfig
@@ -80,12 +81,14 @@ def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
     kv = EtcdKVService(node, forwarder)
     maintenance = EtcdMaintenanceService(node, forwarder)
     cluster = EtcdClusterService(node, forwarder)
+    membership = EtcdMembershipService(node, forwarder)
     watch = EtcdWatchService(node, progress_interval=progress_interval())
     lease = EtcdLeaseService(node, forwarder)
     client_server.add_generic_rpc_handlers((
         generic_handler(KV, kv.handlers()),
-        generic_handler(MAINTENANCE, maintenance.handlers()),
-        generic_handler(CLUSTER, cluster.handlers()),
+        generic_handler(MAINTENANCE, {**maintenance.handlers(),
+                                      **membership.maintenance_handlers()}),
+        generic_handler(CLUSTER, {**cluster.handlers(), **membership.cluster_handlers()}),
         generic_handler(WATCH, watch.handlers()),
         generic_handler(LEASE, lease.handlers()),
     ))
@@ -93,6 +96,7 @@ def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
         **kv.local,
         "Alarm": maintenance.alarm,
         "MemberList": cluster.local_member_list,
+        **membership.local,
         **lease.forward_local(),
     }),))
     return EtcdApi(forwarder, book)

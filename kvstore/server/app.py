@@ -130,7 +130,7 @@ async def _serve(config: NodeConfig) -> None:
     # service and the etcd API's forwarding to the leader.
     client_server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(
-        KVService(config, driver, store, gate.client_address_of), client_server)
+        KVService(config, driver, store, gate.client_address_of, cluster_id), client_server)
     interceptors = ([] if config.peer_tls is None or config.peer_tls.allowed_cn is None
                     else [AllowedCNInterceptor(config.peer_tls.allowed_cn)])
     peer_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)

@@ -36,8 +36,10 @@ class KVService(kv_pb2_grpc.KVServicer):
     """
 
     def __init__(self, config: NodeConfig, driver: NodeDriver, store,
-                 client_address_of: Callable[[str], str] | None = None) -> None:
+                 client_address_of: Callable[[str], str] | None = None,
+                 cluster_id: str = "") -> None:
         self.cfg = config
+        self.cluster_id = cluster_id or config.cluster_id or ""
         self.driver = driver
         self.store = store
         self.address_of = client_address_of or self._own_address_only
@@ -176,4 +178,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             peers=peers,
             snapshot_index=s.first_index - 1,
             log_bytes=self.store.log_bytes(),
+            cluster_id=self.cluster_id,
+            voters=list(s.voters),
+            learners=list(s.learners),
         )

@@ -221,7 +221,7 @@ class PeerProgress(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., match_index: _Optional[int] = ..., next_index: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("id", "address", "role", "term", "commit_index", "applied_index", "leader_id", "leader_address", "first_log_index", "last_log_index", "shards", "peers", "snapshot_index", "log_bytes")
+    __slots__ = ("id", "address", "role", "term", "commit_index", "applied_index", "leader_id", "leader_address", "first_log_index", "last_log_index", "shards", "peers", "snapshot_index", "log_bytes", "cluster_id", "voters", "learners")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,9 @@ class StatusResponse(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     role: str
@@ -250,7 +253,10 @@ class StatusResponse(_message.Message):
     peers: _containers.RepeatedCompositeFieldContainer[PeerProgress]
     snapshot_index: int
     log_bytes: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., shards: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerProgress, _Mapping]]] = ..., snapshot_index: _Optional[int] = ..., log_bytes: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    voters: _containers.RepeatedScalarFieldContainer[str]
+    learners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., shards: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerProgress, _Mapping]]] = ..., snapshot_index: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[str] = ..., voters: _Optional[_Iterable[str]] = ..., learners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("put", "get", "delete", "cas", "range", "txn")
