@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -107,13 +107,13 @@ class NodeMetrics:
             self.leader_changes += 1
         self._leader = leader
 
-    def proposal(self, fut: asyncio.Future[object]) -> None:
+    def proposal(self, fut: asyncio.Future[Any]) -> None:
         """A client write was proposed: pending until its future settles; failed if it
         settles with an error (not leader, leadership lost, stale, refused by an alarm)."""
         self.proposals_pending += 1
         fut.add_done_callback(self._proposal_done)
 
-    def _proposal_done(self, fut: asyncio.Future[object]) -> None:
+    def _proposal_done(self, fut: asyncio.Future[Any]) -> None:
         self.proposals_pending -= 1
         if not fut.cancelled() and fut.exception() is not None:
             self.proposals_failed += 1
