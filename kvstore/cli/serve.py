@@ -94,6 +94,20 @@ def _peer_tls(cert_file: str | None, key_file: str | None, trusted_ca_file: str 
     return PeerTLS(_abs(cert_file), _abs(key_file), _abs(trusted_ca_file), allowed_cn)
 
 
+def _metrics_url(url: str, taken: set[str]) -> str:
+    """Check --listen-metrics (http://HOST:PORT, not a port the node already uses)."""
+    from kvstore.server.metrics_http import MetricsURLError, parse_metrics_url
+
+    try:
+        host, port = parse_metrics_url(url)
+    except MetricsURLError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen-metrics") from None
+    if f"{host}:{port}" in taken or f"[{host}]:{port}" in taken:
+        raise click.BadParameter(f"{url} is the client or peer address",
+                                 param_hint="--listen-metrics")
+    return url.rstrip("/")
+
+
 def _abs(path: str) -> str:
     return str(Path(path).resolve())
 
@@ -159,6 +173,10 @@ def _file_option(name: str, help_text: str) -> Callable[[F], F]:
 @_file_option("--peer-trusted-ca-file", "Peer port: CA that signs every node's peer certificate.")
 @click.option("--peer-cert-allowed-cn", default=None, metavar="CN",
               help="Peer port: accept only peer certificates with this common name.")
+@click.option("--listen-metrics", default=None, metavar="http://HOST:PORT",
+              help="Serve /metrics (Prometheus) and /health (JSON) here (etcd's flag).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text, or as one JSON object per line.")
 @click.option(
     "--fault-injection",
     is_flag=True,
@@ -188,6 +206,8 @@ def serve(
     peer_key_file: str | None,
     peer_trusted_ca_file: str | None,
     peer_cert_allowed_cn: str | None,
+    listen_metrics: str | None,
+    log_format: str,
     fault_injection: bool,
 ) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
@@ -204,6 +224,8 @@ def serve(
     elif listen.rpartition(":")[0] in _WILDCARDS:
         raise click.UsageError(f"--listen {listen} listens on every interface: say where "
                                "clients reach this node with --advertise-client HOST:PORT")
+    if listen_metrics is not None:
+        listen_metrics = _metrics_url(listen_metrics, {listen, listen_peer})
     if cluster_id is not None:
         try:
             check_cluster_id(cluster_id)
@@ -228,6 +250,8 @@ def serve(
         cluster_id=cluster_id,
         data_dir=str(Path(data_dir).resolve()),
         fault_injection=fault_injection,
+        listen_metrics=listen_metrics or "",
+        log_format=log_format,
         client_tls=_client_tls(cert_file, key_file, trusted_ca_file, client_cert_auth),
         peer_tls=_peer_tls(peer_cert_file, peer_key_file, peer_trusted_ca_file,
                            peer_cert_allowed_cn),

@@ -1,8 +1,9 @@
 """Cluster definitions: which nodes a local cluster has, where they listen, how they are tuned.
 
 The built-in layout (``default_layout``) is what ``kvstore cluster up`` uses
-without ``--config``: node i is "n{i}", serving clients on 127.0.0.1:base_port+i-1
-and peers on 127.0.0.1:base_port+100+i-1 (PEER_PORT_OFFSET). The files in the
+without ``--config``: node i is "n{i}", serving clients on 127.0.0.1:base_port+i-1,
+peers on 127.0.0.1:base_port+100+i-1 (PEER_PORT_OFFSET) and metrics on
+http://127.0.0.1:base_port+200+i-1 (METRICS_PORT_OFFSET). The files in the
 repository's top-level ``cluster/`` directory (local-3.json, local-5.json) describe
 the same layouts explicitly and can be passed with ``--config``; a test keeps the
 two in agreement.
@@ -21,6 +22,8 @@ DEFAULT_BASE_PORT = 7001
 # A node's peer port is its client port plus this, unless a definition says otherwise
 # (the contract of local clusters: clients at P+i-1, peers at P+100+i-1).
 PEER_PORT_OFFSET = 100
+# ... and its metrics port (/metrics, /health) its client port plus this.
+METRICS_PORT_OFFSET = 200
 DEFAULT_NODES = 3
 MIN_NODES = 3
 MAX_NODES = 5
@@ -56,6 +59,7 @@ class NodeSpec:
     host: str
     port: int  # the client port
     peer_port: int
+    metrics_port: int = 0  # 0: the client port + METRICS_PORT_OFFSET
 
     @property
     def address(self) -> str:
@@ -66,6 +70,15 @@ class NodeSpec:
     def peer_address(self) -> str:
         """Where the other nodes reach it (Raft, snapshots, the Admin service)."""
         return f"{self.host}:{self.peer_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.host}:{self.metrics_port or self.port + METRICS_PORT_OFFSET}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the node serves /metrics and /health (`serve --listen-metrics`)."""
+        return f"http://{self.metrics_address}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,8 @@ class Layout:
         me = self.node(node_id)
         peers = ",".join(f"{n.id}={n.peer_address}" for n in self.nodes if n.id != node_id)
         args = ["--id", me.id, "--listen", me.address, "--listen-peer", me.peer_address,
-                "--peers", peers, "--data-dir", data_dir, *(extra or [])]
+                "--listen-metrics", me.metrics_url, "--peers", peers, "--data-dir", data_dir,
+                *(extra or [])]
         for key, value in self.settings.items():
             if key in SETTING_FLAGS:
                 if value:
@@ -100,15 +114,18 @@ class Layout:
 def default_layout(
     nodes: int = DEFAULT_NODES, base_port: int = DEFAULT_BASE_PORT, host: str = DEFAULT_HOST
 ) -> Layout:
-    """Node i = "n{i}" with clients on host:base_port+i-1 and peers on
-    host:base_port+100+i-1 (the contract of `kvstore cluster up`)."""
+    """Node i = "n{i}" with clients on host:base_port+i-1, peers on
+    host:base_port+100+i-1 and metrics on host:base_port+200+i-1 (the contract of
+    `kvstore cluster up`)."""
     if not MIN_NODES <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be between {MIN_NODES} and {MAX_NODES}, not {nodes}")
-    if not 0 < base_port or base_port + PEER_PORT_OFFSET + nodes - 1 > 65535:
-        raise LayoutError(f"--base-port {base_port} leaves no room for {nodes} nodes' client "
-                          f"and peer ports (up to base-port+{PEER_PORT_OFFSET + nodes - 1})")
+    if not 0 < base_port or base_port + METRICS_PORT_OFFSET + nodes - 1 > 65535:
+        raise LayoutError(f"--base-port {base_port} leaves no room for {nodes} nodes' client, "
+                          f"peer and metrics ports (up to base-port+"
+                          f"{METRICS_PORT_OFFSET + nodes - 1})")
     specs = tuple(
-        NodeSpec(f"n{i}", host, base_port + i - 1, base_port + PEER_PORT_OFFSET + i - 1)
+        NodeSpec(f"n{i}", host, base_port + i - 1, base_port + PEER_PORT_OFFSET + i - 1,
+                 base_port + METRICS_PORT_OFFSET + i - 1)
         for i in range(1, nodes + 1)
     )
     return Layout(name=f"local-{nodes}", nodes=specs)
@@ -134,14 +151,20 @@ def layout_from_json(data: Any, source: str = "definition") -> Layout:
         if not isinstance(peer_port, int) or isinstance(peer_port, bool) \
                 or not 0 < peer_port < 65536:
             raise LayoutError(f"{source}: node {node_id} has a bad peer_port {peer_port!r}")
-        specs.append(NodeSpec(node_id, host, port, peer_port))
+        metrics_port = item.get("metrics_port", port + METRICS_PORT_OFFSET)
+        if not isinstance(metrics_port, int) or isinstance(metrics_port, bool) \
+                or not 0 < metrics_port < 65536:
+            raise LayoutError(f"{source}: node {node_id} has a bad metrics_port "
+                              f"{metrics_port!r}")
+        specs.append(NodeSpec(node_id, host, port, peer_port, metrics_port))
     if not specs:
         raise LayoutError(f"{source}: no nodes")
     if len({s.id for s in specs}) != len(specs):
         raise LayoutError(f"{source}: duplicate node ids")
-    if len({a for s in specs for a in (s.address, s.peer_address)}) != 2 * len(specs):
-        raise LayoutError(f"{source}: duplicate node addresses (client and peer ports "
-                          "must all differ)")
+    if len({a for s in specs for a in (s.address, s.peer_address, s.metrics_address)}
+           ) != 3 * len(specs):
+        raise LayoutError(f"{source}: duplicate node addresses (client, peer and metrics "
+                          "ports must all differ)")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise LayoutError(f"{source}: 'settings' must be an object")

@@ -65,7 +65,8 @@ class ClusterError(Exception):
 class NodeRecord:
     """One node as stored in cluster.json. ``pid`` is None while it is stopped.
     ``address`` is the client address (all a client needs); ``peer_address`` is where
-    the other nodes (and drills, through the Admin service) reach it."""
+    the other nodes (and drills, through the Admin service) reach it; ``metrics_url``
+    where it serves /metrics and /health ("" in a cluster.json from before metrics)."""
 
     id: str
     address: str
@@ -74,6 +75,7 @@ class NodeRecord:
     data_dir: str
     log_file: str
     serve_args: list[str] = field(default_factory=list)
+    metrics_url: str = ""
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> NodeRecord:
@@ -87,6 +89,7 @@ class NodeRecord:
                 data_dir=str(data["data_dir"]),
                 log_file=str(data.get("log_file", "")),
                 serve_args=[str(a) for a in data.get("serve_args", [])],
+                metrics_url=str(data.get("metrics_url", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ClusterError(f"{source}: malformed node entry ({exc!r})") from None
@@ -370,7 +373,8 @@ class ClusterManager:
                 )
             cluster_id = old.cluster_id
             self._report(f"restarting the stopped cluster in {self.dir} on its existing data")
-        busy = [a for _, address, peer in shape for a in (address, peer) if _port_in_use(a)]
+        busy = [a for s in layout.nodes for a in (s.address, s.peer_address, s.metrics_address)
+                if _port_in_use(a)]
         if busy:
             raise ClusterError(f"address already in use: {', '.join(busy)}")
         # A new cluster (or one recorded before cluster ids existed; its nodes adopt it).
@@ -386,6 +390,7 @@ class ClusterManager:
                 id=spec.id,
                 address=spec.address,
                 peer_address=spec.peer_address,
+                metrics_url=spec.metrics_url,
                 pid=None,
                 data_dir=data_dir,
                 log_file=str(self.dir / f"{spec.id}.log"),

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 
 import grpc
 
@@ -25,8 +26,12 @@ from kvstore.raft.types import Role
 from kvstore.server.admin_service import AdminService
 from kvstore.server.config import NodeConfig
 from kvstore.server.hash_checker import HashChecker
+from kvstore.server.health import NodeHealth, add_health_service
 from kvstore.server.identity import IdentityError, PeerGate, settle_cluster_id
 from kvstore.server.kv_service import KVService
+from kvstore.server.logs import setup_logging
+from kvstore.server.metrics import NodeCollector, NodeMetrics, node_registry
+from kvstore.server.metrics_http import MetricsServer, parse_metrics_url
 from kvstore.server.node import NodeDriver
 from kvstore.server.peer_service import RaftPeerService, remove_incoming
 from kvstore.server.port_mux import PortMux
@@ -57,11 +62,7 @@ class StartupError(Exception):
 
 def serve(config: NodeConfig) -> None:
     """Run a node in the foreground until SIGTERM/SIGINT. Raises StartupError."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {config.node_id} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.node_id, config.log_format, sys.stderr)
     asyncio.run(_serve(config))
 
 
@@ -109,11 +110,14 @@ async def _serve(config: NodeConfig) -> None:
     transport = PeerTransport(peers, metadata=gate.outgoing(),
                               credentials=peer_channel_creds)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+    # Metrics only with --listen-metrics: without them the driver's hooks are None.
+    metrics = NodeMetrics(config.node_id) if config.listen_metrics else None
+    send = transport.send if metrics is None else metrics.round_trips.wrap_send(transport.send)
     driver = NodeDriver(
         config.node_id,
         [m.id for m in members if not m.learner],
         store,
-        transport.send,
+        send,
         rng,
         tick_seconds=config.tick_ms / 1000.0,
         election_ticks=config.election_ticks,
@@ -123,19 +127,26 @@ async def _serve(config: NodeConfig) -> None:
             peer, path, config.node_id, term),
         resync_marker=marker if resync else None,
         quota_bytes=config.quota_backend_bytes,
+        metrics=metrics,
     )
     transport.on_drop = driver.report_unreachable
+    deliver = driver.deliver
+    if metrics is not None:
+        transport.on_drop = _both(metrics.round_trips.lost, driver.report_unreachable)
+        deliver = metrics.round_trips.wrap_deliver(driver.deliver)
+    health = NodeHealth(driver, store, lambda: driver.status().rebuilding)
     # Two servers, so that what is served on each port is decided by construction: the
     # client port has the KV services (kvstore's and etcd's); the peer port Raft, the Admin
     # service and the etcd API's forwarding to the leader.
     client_server = grpc.aio.server(options=GRPC_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(
         KVService(config, driver, store, gate.client_address_of, cluster_id), client_server)
+    add_health_service(client_server, health.check)
     interceptors = ([] if config.peer_tls is None or config.peer_tls.allowed_cn is None
                     else [AllowedCNInterceptor(config.peer_tls.allowed_cn)])
     peer_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
     raft_pb2_grpc.add_RaftPeerServicer_to_server(
-        RaftPeerService(gate, driver.deliver, transport.receiving_blocked,
+        RaftPeerService(gate, deliver, transport.receiving_blocked,
                         driver.deliver_snapshot, snapshot_dir=config.data_dir,
                         max_snapshot_bytes=config.max_snapshot_bytes),
         peer_server)
@@ -159,6 +170,10 @@ async def _serve(config: NodeConfig) -> None:
         mux = PortMux(config.listen, grpc_port,
                       lambda reader, writer: serve_http(reader, writer, backend), http_tls)
         mux.bind()
+        metrics_server = None
+        if metrics is not None:
+            metrics_server = await _start_metrics(config, metrics, driver, store, transport,
+                                                  health)
     except (StartupError, TLSSetupError, OSError) as err:
         store.close()
         shutil.rmtree(gateway_dir, ignore_errors=True)
@@ -195,16 +210,18 @@ async def _serve(config: NodeConfig) -> None:
             f"{m.id}{' (learner)' if m.learner else ''}={m.peer_address}" for m in now))
         if driver.removed():
             log.warning("this node was removed from the cluster: stopping")
-            removed.set()
+            removed_self.set()
 
-    removed = asyncio.Event()
+    removed_self = asyncio.Event()
     driver.on_membership = membership_changed
+    if metrics_server is not None:
+        log.info("serving /metrics and /health on %s", config.listen_metrics)
     driver_task = asyncio.create_task(driver.run(), name="raft-driver")
     checker_task = None
     if checker is not None:
         checker_task = asyncio.create_task(checker.run(), name="hash-checker")
     stop_task = asyncio.create_task(stop.wait())
-    removed_task = asyncio.create_task(_removed_grace(removed))
+    removed_task = asyncio.create_task(_removed_grace(removed_self))
     done, _ = await asyncio.wait({driver_task, stop_task, removed_task},
                                  return_when=asyncio.FIRST_COMPLETED)
     removed_task.cancel()
@@ -222,6 +239,8 @@ async def _serve(config: NodeConfig) -> None:
         await driver_task
     stop_task.cancel()
     await mux.stop()
+    if metrics_server is not None:
+        await metrics_server.stop()
     await backend.close()
     await asyncio.gather(client_server.stop(grace=0.5), peer_server.stop(grace=0.5))
     shutil.rmtree(gateway_dir, ignore_errors=True)
@@ -258,6 +277,33 @@ async def _hand_over_leadership(driver: NodeDriver) -> None:
         log.warning("leader transfer before stopping failed: %s", err)
     else:
         log.info("leadership moved to %s", target)
+
+
+async def _start_metrics(config: NodeConfig, metrics: NodeMetrics, driver: NodeDriver,
+                         store: LmdbNodeStore, transport: PeerTransport,
+                         health: NodeHealth) -> MetricsServer:
+    """Listen on --listen-metrics; StartupError naming the flag."""
+    collector = NodeCollector(
+        metrics, driver.status, store,
+        watchers=lambda: len(driver.watch_hub.subs),
+        peer_drops=lambda: {p: s.dropped for p, s in transport.senders.items()},
+        quota_bytes=config.quota_backend_bytes)
+    host, port = parse_metrics_url(config.listen_metrics)
+    server = MetricsServer(host, port, node_registry(metrics, collector), health.check)
+    try:
+        await server.start()
+    except OSError as err:
+        raise StartupError(f"cannot listen on {config.listen_metrics} (--listen-metrics): "
+                           f"{err}") from None
+    return server
+
+
+def _both(first: Callable[[str], None], second: Callable[[str], None]) -> Callable[[str], None]:
+    def call(arg: str) -> None:
+        first(arg)
+        second(arg)
+
+    return call
 
 
 def _bind(server: grpc.aio.Server, address: str,

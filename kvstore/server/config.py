@@ -64,6 +64,9 @@ class NodeConfig:
     # Seconds between the leader's corruption checks (members' hashes at one log index);
     # 0 turns them off.
     corrupt_check_interval: float = 300.0
+    # http://HOST:PORT serving /metrics and /health (etcd's --listen-metrics); "" for none.
+    listen_metrics: str = ""
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
     client_tls: ServerTLS | None = None
     peer_tls: PeerTLS | None = None
     extra: dict[str, str] = field(default_factory=dict)

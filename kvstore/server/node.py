@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
@@ -41,6 +42,26 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LeadershipLost", "MembershipRefused", "NodeDriver", "NodeStore", "SessionExpired",
            "StaleRequest", "resolve_applied"]
+
+
+class DriverMetrics(Protocol):
+    """Where the driver reports events for metrics (kvstore.server.metrics.NodeMetrics).
+    Optional: a driver without one pays one None test per event, and this module does
+    not depend on a metrics library."""
+
+    def leader_seen(self, leader: str) -> None: ...
+
+    def proposal(self, fut: asyncio.Future[ApplyResult]) -> None: ...
+
+    def durable_write(self, seconds: float) -> None: ...  # called from the write thread
+
+    def snapshot_sent(self, ok: bool) -> None: ...
+
+    def snapshot_received(self) -> None: ...
+
+    def snapshot_installed(self) -> None: ...
+
+    def log_compacted(self) -> None: ...
 
 
 class SnapshotSource(NodeStore, Protocol):
@@ -75,8 +96,10 @@ class NodeDriver:
         send_snapshot: SendSnapshot | None = None,
         resync_marker: str | None = None,
         quota_bytes: int | None = None,
+        metrics: DriverMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics
         self.store = store
         self._send = send
         self.tick_seconds = tick_seconds
@@ -129,6 +152,8 @@ class NodeDriver:
     def propose(self, data: bytes) -> asyncio.Future[ApplyResult]:
         """Queue a command for the next batch; the future resolves once it is applied."""
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        if self.metrics is not None:
+            self.metrics.proposal(fut)
         self.runtime.propose(data, fut)
         self._wake.set()
         return fut
@@ -220,6 +245,8 @@ class NodeDriver:
         """A complete snapshot arrived from `src` (leader of `term`); raises ValueError if
         it is damaged. The core decides whether to install it."""
         self.runtime.deliver_snapshot(src, term, data)
+        if self.metrics is not None:
+            self.metrics.snapshot_received()
         self._wake.set()
 
     def stop(self) -> None:
@@ -243,8 +270,12 @@ class NodeDriver:
                 self._wake.clear()
                 rt.feed()
                 while (plan := rt.next_plan()) is not None:
+                    if self.metrics is not None and plan.ready.soft_state is not None:
+                        self.metrics.leader_seen(plan.ready.soft_state.leader)
                     results = await self._carry_out(plan)
                     rt.finish(plan, results)
+                    if self.metrics is not None and plan.install is not None:
+                        self.metrics.snapshot_installed()
                     if (results or plan.install is not None) and (
                             self.watch_hub.subs or self._revision_waiters):
                         revisions = self.store.revisions()  # one read for both
@@ -265,6 +296,8 @@ class NodeDriver:
                 if upto is not None:
                     await asyncio.to_thread(self.store.compact, upto)
                     log.info("compacted the log up to index %d", upto)
+                    if self.metrics is not None:
+                        self.metrics.log_compacted()
         finally:
             ticker.cancel()
             for task in self._snapshots_out.values():
@@ -291,7 +324,7 @@ class NodeDriver:
         delay = OUT_OF_SPACE_RETRY_SECONDS
         while True:
             try:
-                results = await asyncio.to_thread(execute_write, self.store, plan)
+                results = await asyncio.to_thread(self._execute_write, plan)
             except OutOfSpaceError as err:
                 if self._stopping:
                     raise
@@ -305,6 +338,16 @@ class NodeDriver:
                 log.warning("space is available again: writing resumed")
                 self.out_of_space = ""
             return results
+
+    def _execute_write(self, plan: Plan) -> list[ApplyResult]:
+        """execute_write, timed for metrics in the worker thread itself, so the duration
+        is the write's and not the wait for a thread or for the event loop."""
+        if self.metrics is None:
+            return execute_write(self.store, plan)
+        start = time.perf_counter()
+        results = execute_write(self.store, plan)
+        self.metrics.durable_write(time.perf_counter() - start)
+        return results
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -326,6 +369,8 @@ class NodeDriver:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        if self.metrics is not None:  # (not reached when cancelled: the node is stopping)
+            self.metrics.snapshot_sent(index is not None)
         self.runtime.snapshot_sent(peer, index)
         self._wake.set()
 

@@ -14,7 +14,13 @@ import pytest
 
 from kvstore.client import NodeStatus
 from kvstore.cluster import process
-from kvstore.cluster.layout import LayoutError, default_layout, layout_from_json, load_layout
+from kvstore.cluster.layout import (
+    Layout,
+    LayoutError,
+    default_layout,
+    layout_from_json,
+    load_layout,
+)
 from kvstore.cluster.manager import (
     ClusterError,
     ClusterState,
@@ -53,12 +59,15 @@ def test_definition_files_do_not_share_ports() -> None:
     """Each definition can run next to the others (the slow one used to sit on 7101)."""
     slow = load_layout(REPO / "cluster" / "local-3-slow.json")
     five = load_layout(REPO / "cluster" / "local-5.json")
-    ports = {n.port for n in five.nodes} | {n.peer_port for n in five.nodes}
-    assert not ports & ({n.port for n in slow.nodes} | {n.peer_port for n in slow.nodes})
+    def ports(layout: Layout) -> set[str]:
+        return {a for n in layout.nodes for a in (n.address, n.peer_address, n.metrics_address)}
+
+    assert not ports(five) & ports(slow)
 
 
 def test_default_layout_follows_the_contract() -> None:
-    """Clients at base+i-1, peers at base+100+i-1; --peers names peer addresses."""
+    """Clients at base+i-1, peers at base+100+i-1, metrics at base+200+i-1; --peers names
+    peer addresses."""
     layout = default_layout(4, base_port=9000)
     assert [(n.id, n.address, n.peer_address) for n in layout.nodes] == [
         ("n1", "127.0.0.1:9000", "127.0.0.1:9100"),
@@ -74,6 +83,8 @@ def test_default_layout_follows_the_contract() -> None:
         "127.0.0.1:9001",
         "--listen-peer",
         "127.0.0.1:9101",
+        "--listen-metrics",
+        "http://127.0.0.1:9201",
         "--peers",
         "n1=127.0.0.1:9100,n3=127.0.0.1:9102,n4=127.0.0.1:9103",
         "--data-dir",
@@ -87,6 +98,10 @@ def test_default_layout_follows_the_contract() -> None:
         default_layout(3, base_port=65534)
     with pytest.raises(LayoutError, match="peer"):
         default_layout(3, base_port=65450)  # the client ports fit, the peer ports do not
+    with pytest.raises(LayoutError, match="metrics"):
+        default_layout(3, base_port=65400)  # the peer ports fit, the metrics ports do not
+    assert [n.metrics_url for n in layout.nodes] == [f"http://127.0.0.1:{9200 + i}"
+                                                     for i in range(4)]
 
 
 def test_definition_peer_ports_default_to_port_plus_100_or_are_given() -> None:
@@ -117,6 +132,8 @@ def test_settings_become_serve_options() -> None:
         {"nodes": [{"id": "a", "port": 1}], "settings": {"tick_ms": -1}},
         {"nodes": [{"id": "a", "port": 1, "peer_port": 0}]},
         {"nodes": [{"id": "a", "port": 1, "peer_port": "2"}]},
+        {"nodes": [{"id": "a", "port": 1, "metrics_port": 0}]},
+        {"nodes": [{"id": "a", "port": 1}, {"id": "b", "port": 2, "metrics_port": 101}]},
     ],
 )
 def test_bad_definitions_are_rejected(data: dict[str, object]) -> None:
@@ -126,7 +143,7 @@ def test_bad_definitions_are_rejected(data: dict[str, object]) -> None:
 
 def test_cluster_json_round_trip(tmp_path: Path) -> None:
     record = NodeRecord("n1", "127.0.0.1:7001", "127.0.0.1:7101", 42, str(tmp_path / "n1"), "l",
-                        ["--id", "n1"])
+                        ["--id", "n1"], "http://127.0.0.1:7201")
     tls = {"ca": "/t/ca.crt", "cert": "/t/client.crt", "key": "/t/client.key"}
     ClusterState(tmp_path, "local-1", [record], "c0ffee", tls).save()
     data = json.loads((tmp_path / "cluster.json").read_text())
@@ -140,6 +157,7 @@ def test_cluster_json_round_trip(tmp_path: Path) -> None:
         "data_dir": str(tmp_path / "n1"),
         "log_file": "l",
         "serve_args": ["--id", "n1"],
+        "metrics_url": "http://127.0.0.1:7201",
     }
     state = load_state(tmp_path)
     assert state.nodes == [record]
@@ -238,10 +256,15 @@ def test_a_cluster_json_from_before_peer_ports_restarts_with_them(tmp_path: Path
             "data_dir": str(tmp_path / f"n{i + 1}"), "log_file": "", "serve_args": []}
            for i in range(3)]
     (tmp_path / "cluster.json").write_text(json.dumps({"version": 1, "nodes": old}))
+    assert [r.metrics_url for r in load_state(tmp_path).nodes] == ["", "", ""]
     state = ClusterManager(tmp_path)._prepare_up(default_layout(3, base), tls=False)
     assert [r.peer_address for r in state.nodes] == [f"127.0.0.1:{base + 100 + i}"
                                                      for i in range(3)]
     assert state.cluster_id and "--cluster-id" in state.nodes[0].serve_args
+    # ... and metrics URLs (an old cluster.json has none: they load as "").
+    assert [r.metrics_url for r in state.nodes] == [f"http://127.0.0.1:{base + 200 + i}"
+                                                    for i in range(3)]
+    assert load_state(tmp_path).nodes[0].metrics_url == f"http://127.0.0.1:{base + 200}"
     assert load_state(tmp_path).cluster_id == state.cluster_id
     with pytest.raises(ClusterError, match="without --tls"):
         ClusterManager(tmp_path)._prepare_up(default_layout(3, base), tls=True)

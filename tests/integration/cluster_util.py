@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvstore.client import KVClient, TLSConfig
-from kvstore.cluster.layout import PEER_PORT_OFFSET
+from kvstore.cluster.layout import METRICS_PORT_OFFSET, PEER_PORT_OFFSET
 from kvstore.cluster.process import is_node_process, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,18 +49,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.Complete
 
 
 def free_port_range(count: int, attempts: int = 100) -> int:
-    """A base port such that base..base+count-1 (client ports) and the peer ports
-    base+100..base+100+count-1 are all free on 127.0.0.1.
+    """A base port such that base..base+count-1 (client ports), the peer ports
+    base+100..base+100+count-1 and the metrics ports base+200.. are all free on 127.0.0.1.
 
     Chosen below Linux's ephemeral range (32768+) so that outgoing connections of
     other processes are unlikely to grab them between this check and `cluster up`.
     """
     rng = random.Random()
     for _ in range(attempts):
-        base = rng.randrange(20000, 32000 - PEER_PORT_OFFSET - count)
+        base = rng.randrange(20000, 32000 - METRICS_PORT_OFFSET - count)
         socks: list[socket.socket] = []
         ports = [*range(base, base + count),
-                 *range(base + PEER_PORT_OFFSET, base + PEER_PORT_OFFSET + count)]
+                 *range(base + PEER_PORT_OFFSET, base + PEER_PORT_OFFSET + count),
+                 *range(base + METRICS_PORT_OFFSET, base + METRICS_PORT_OFFSET + count)]
         try:
             for port in ports:
                 sock = socket.socket()

@@ -234,8 +234,9 @@ class Interaction:
             node = Node(node_id, MemoryStorage(), cfg)
             self.nodes[node_id] = node
             self._start(node)
-        shown = fmt_fields(self.nodes[ids[0]].config, skip=("node_id", "voters", "learners", "applied",
-                                                            "passive_until_contact"))
+        shown = fmt_fields(self.nodes[ids[0]].config,
+                           skip=("node_id", "voters", "learners", "applied",
+                                 "passive_until_contact"))
         self._emit(f"{' '.join(ids)}: {shown}")
 
     # -- time and elections ----------------------------------------------------------------
