@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvstore.cluster.layout import PEER_PORT_OFFSET
+from kvstore.cluster.layout import METRICS_PORT_OFFSET, PEER_PORT_OFFSET
 
 KVSTORE = [sys.executable, "-m", "kvstore.cli"]
 
@@ -54,6 +54,10 @@ class LocalCluster:
         out = run_cli("cluster", "status", "--dir", str(self.directory), "--json")
         return json.loads(out.stdout)["nodes"]
 
+    def metrics_urls(self) -> list[str]:
+        nodes = json.loads((self.directory / "cluster.json").read_text())["nodes"]
+        return [n.get("metrics_url", "") for n in nodes]
+
     def leader(self) -> str | None:
         for n in self.status():
             if n.get("role") == "leader":
@@ -76,7 +80,7 @@ class LocalCluster:
 def local_cluster(nodes: int = 3, directory: str | None = None) -> Iterator[LocalCluster]:
     """A fresh cluster in a temporary directory; always brought down on exit."""
     tmp = Path(directory or tempfile.mkdtemp(prefix="kvstore-bench-"))
-    base = free_base_port(nodes, offsets=(0, PEER_PORT_OFFSET))
+    base = free_base_port(nodes, offsets=(0, PEER_PORT_OFFSET, METRICS_PORT_OFFSET))
     try:
         run_cli("cluster", "up", "--nodes", str(nodes), "--dir", str(tmp),
                 "--base-port", str(base))
