@@ -27,7 +27,7 @@ from kvstore.etcdapi.forward import Forwarder, client_handler
 from kvstore.etcdapi.members import member_id
 from kvstore.etcdpb import rpc_pb2 as pb
 from kvstore.server.request_error import RequestError
-from kvstore.server.runtime import MembershipRefused
+from kvstore.server.runtime import LeadershipLost, MembershipRefused
 from kvstore.state.membership import CT, Member
 from kvstore.v1 import raft_pb2
 
@@ -112,6 +112,10 @@ class EtcdMembershipService:
             return await self.node.driver.change_membership(change)
         except MembershipRefused as err:
             raise refusal_error(err) from None
+        except LeadershipLost:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               "etcdserver: leader changed (the membership change may or may "
+                               "not have been applied: list the members)") from None
 
     def _members(self) -> list[pb.Member]:
         return self.node.book.members()
@@ -160,6 +164,8 @@ class EtcdMembershipService:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "etcdserver: request timed out, leader transfer took too long "
                                f"({err})") from None
+        except LeadershipLost as err:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"etcdserver: {err}") from None
         return pb.MoveLeaderResponse(header=self._header())
 
 
