@@ -7,8 +7,12 @@ Raft's guarantees (thesis figure 3.2) plus what the store promises on top of the
 * Log Matching, over durable logs: two logs holding an entry with the same index and term
   are identical up to it. Each durable log keeps a chain hash per index (h_i = H(h_{i-1},
   entry_i)), so one dict lookup per written entry compares whole prefixes.
-* Commit durability: when a leader advances its commit index, a majority of nodes hold
-  that entry on disk (what "committed" means; acknowledging before fsync breaks it).
+* Commit durability: when a leader advances its commit index, a majority of the voters
+  of its configuration hold that entry on disk (what "committed" means; acknowledging
+  before fsync breaks it). Learners' copies never count.
+* Membership (with reconfiguration): a leader is a voter of its own configuration and was
+  elected by grants from a majority of its voters (a learner's or a stranger's vote never
+  makes one); a node that durably applied its own removal never leads again.
 * Commit agreement and Leader Completeness: every node's committed prefix agrees with the
   cluster's; an entry committed in term t is in the log of every leader of a term > t. The
   commit term is taken as the term of the first node seen committing it - never lower than
@@ -126,6 +130,15 @@ class Invariants:
         # The chain hash of the agreed applied log, per index (what a snapshot must match).
         self.agreed_chain: list[bytes] = []
         self._oracle = self._new_oracle()
+        # (term, candidate) -> the nodes that sent it a vote grant in that term.
+        self.grants: dict[tuple[int, str], set[str]] = {}
+        # Nodes whose store applied a membership without them (decommissioned for good).
+        self.removed: set[str] = set()
+        # Nodes that joined with a seeded membership, not the bootstrap one: replaying the
+        # membership changes before their own admission, their state machine refuses them
+        # ("already a member") where the others applied them (see _applied).
+        self.joiners: set[str] = set()
+        self._provisional: set[int] = set()  # applied indexes whose result is a joiner's
 
     # -- durable writes ----------------------------------------------------------------
 
@@ -152,6 +165,10 @@ class Invariants:
                 self._applied(node_id, by_index[r.index], r)
                 if r.digest:
                     self._hash_checked(node_id, r.index, r.digest)
+        if (results and any(r.members is not None for r in results)) or rd.snapshot:
+            ms = store.members()
+            if ms and all(m.id != node_id for m in ms):
+                self.removed.add(node_id)
         if rd.snapshot is not None and store.state_digests() != self._oracle_digests(applied):
             # (entries after the snapshot may have been applied in the same write)
             raise Violation("State Machine Safety", (
@@ -258,12 +275,16 @@ class Invariants:
         i = entry.index
         if i <= len(self.applied):
             first, res = self.applied[i - 1]
-            if first != entry or res != r:
+            if first == entry and res != r and self._joiner_replay(node_id, entry, r, i):
+                pass
+            elif first != entry or res != r:
                 raise Violation("State Machine Safety", (
                     f"{node_id} applied {_entry_text(entry)} -> {r} at index {i}, but another "
                     f"node applied {_entry_text(first)} -> {res} there"))
         elif i == len(self.applied) + 1:
             self.applied.append((entry, r))
+            if node_id in self.joiners and entry.type == EntryType.CONF_CHANGE:
+                self._provisional.add(i)
             prev = self.agreed_chain[-1] if self.agreed_chain else b""
             self.agreed_chain.append(_chain(prev, entry))
         else:
@@ -277,12 +298,32 @@ class Invariants:
                     f"{node_id} applied request ({session_name(r.client_id)}, seq {r.seq}) a "
                     f"second time, at index {i}"))
 
+    def _joiner_replay(self, node_id: str, entry: Entry, r: ApplyResult, i: int) -> bool:
+        """Whether a different result for membership change `i` is a joiner's refusal of
+        a change its seeded membership already holds (`serve --join` seeds the store with
+        the membership after its admission, and its log replays the changes before it).
+        Only a refusal is excused: a joiner accepting what the others refused, or getting a
+        different membership, is a divergence. A joiner's result recorded first is
+        provisional until a bootstrap member's result replaces it."""
+        if entry.type != EntryType.CONF_CHANGE:
+            return False
+        if node_id in self.joiners:
+            return r.members is None and bool(r.error)
+        if i in self._provisional:
+            _, res = self.applied[i - 1]
+            if res.members is None and res.error:
+                self.applied[i - 1] = (entry, r)
+                self._provisional.discard(i)
+                return True
+        return False
+
     # -- messages ----------------------------------------------------------------------
 
     def on_send(self, msgs: Iterable[Message]) -> None:
         for m in msgs:
             if m.type == MessageType.VOTE_RESP and not m.reject:
                 key = (m.src, m.term)
+                self.grants.setdefault((m.term, m.dst), set()).add(m.src)
                 granted = self.votes.setdefault(key, m.dst)
                 if granted != m.dst:
                     raise Violation("Vote Uniqueness", (
@@ -369,9 +410,12 @@ class Invariants:
 
     def _check_durable_quorum(self, leader: str, term: int, index: int) -> None:
         """A leader that advances its commit index to `index` must be right that a majority
-        holds that entry on disk: "committed" means durably replicated on a majority."""
+        of its voters holds that entry on disk: "committed" means durably replicated on a
+        majority. The voters are those of the leader's configuration (every node without
+        reconfiguration); a learner's copy never counts."""
+        voters = self.nodes[leader].raw.raft.voters  # type: ignore[union-attr]
         holders = []
-        for n in self.ids:
+        for n in voters:
             store = self.nodes[n].disk.store
             lost = self.wiped_chains.get(n) if self.nodes[n].disk.resync_marker else None
             if lost is not None and len(lost) >= index:
@@ -384,13 +428,13 @@ class Invariants:
                     holders.append(n)
             elif store.last_index() >= index and store.term(index) == term:
                 holders.append(n)
-        if len(holders) < len(self.ids) // 2 + 1:
+        if len(holders) < len(voters) // 2 + 1:
             # (a node wiped by the operator counts for what it held: one lost disk is a
             # fault Raft tolerates; the damage a second fault would do is caught as lost
             # writes and by Leader Completeness)
             raise Violation("Commit durability", (
                 f"{leader} committed index {index} (term {term}), but only {holders or 'no one'} "
-                f"hold it on disk - not a majority of {len(self.ids)}"))
+                f"hold it on disk - not a majority of its voters {list(voters)}"))
 
     def _check_commits(self, node_id: str, node: SimNode, lo: int, hi: int) -> None:
         log = node.raw.raft.log  # type: ignore[union-attr]
@@ -427,7 +471,29 @@ class Invariants:
         if holder != node_id:
             raise Violation("Election Safety",
                             f"{node_id} and {holder} were both leader in term {r.term}")
+        self._check_membership_of_leader(node_id, node)
         self._check_completeness(node_id, node, 1)
+
+    def _check_membership_of_leader(self, node_id: str, node: SimNode) -> None:
+        """Only a voter leads, and only a majority of voters elects: a learner never
+        campaigns and its grant never counts (nor a stranger's), and a node decommissioned
+        by its own applied removal never comes back as leader. Grants are counted as sent
+        (a superset of those received), so a shortfall is certain."""
+        r = node.raw.raft  # type: ignore[union-attr]
+        if node_id in self.removed:
+            raise Violation("Removed never leads", (
+                f"{node_id} became leader of term {r.term} after it applied its own removal"))
+        if node_id not in r.voters:
+            raise Violation("Learner never leads", (
+                f"{node_id} became leader of term {r.term} but is not a voter of its "
+                f"configuration (voters {list(r.voters)}, learners {list(r.learners)})"))
+        granted = self.grants.get((r.term, node_id), set()) | {node_id}
+        counted = sorted(granted & set(r.voters))
+        if len(counted) < len(r.voters) // 2 + 1:
+            raise Violation("Vote quorum", (
+                f"{node_id} became leader of term {r.term} with grants from "
+                f"{sorted(granted)}; of its voters {list(r.voters)} only {counted} - not a "
+                f"majority (learners' and strangers' votes do not count)"))
 
     def _check_completeness(self, node_id: str, node: SimNode, lo: int) -> None:
         r = node.raw.raft  # type: ignore[union-attr]
@@ -459,9 +525,10 @@ class Invariants:
 
     # -- at the end ------------------------------------------------------------------------
 
-    def check_converged(self) -> None:
-        """Every node applied the same prefix and holds byte-identical shards."""
-        ids = self.ids
+    def check_converged(self, members: Sequence[str] | None = None) -> None:
+        """Every node (every final member, with reconfiguration) applied the same prefix,
+        holds byte-identical shards and records the same membership."""
+        ids = list(members) if members is not None else self.ids
         stores = {n: self.nodes[n].disk.store for n in ids}
         applied = {n: s.applied_index() for n, s in stores.items()}
         if len(set(applied.values())) != 1:
@@ -474,15 +541,24 @@ class Invariants:
                 raise Violation("Convergence", (
                     f"{n} and {ids[0]} applied up to {applied[n]} but shards {bad} differ "
                     f"(the last is revisions and history)"))
+        ref_members = stores[ids[0]].members()
+        for n in ids[1:]:
+            if stores[n].members() != ref_members:
+                raise Violation("Convergence", (
+                    f"{n} and {ids[0]} applied up to {applied[n]} but record different "
+                    f"memberships: {stores[n].members()} and {ref_members}"))
 
     def check_writes(
-        self, acked: list[tuple[bytes, int, str]], failed: list[tuple[bytes, int, str]]
+        self, acked: list[tuple[bytes, int, str]], failed: list[tuple[bytes, int, str]],
+        members: Sequence[str] | None = None,
     ) -> None:
-        """Acknowledged writes were applied exactly once everywhere; writes the client was
-        told were definitely not applied were never applied anywhere."""
+        """Acknowledged writes were applied exactly once everywhere (on every final member,
+        with reconfiguration); writes the client was told were definitely not applied were
+        never applied anywhere."""
+        everyone = list(members) if members is not None else self.ids
         for n in self.ids:
             counts = self.applications[n]
-            for cid, seq, desc in acked:
+            for cid, seq, desc in acked if n in everyone else ():
                 if counts[(cid, seq)] != 1:
                     raise Violation("No acknowledged write lost", (
                         f"acknowledged write {desc} ({session_name(cid)}, seq {seq}) was "
@@ -493,13 +569,13 @@ class Invariants:
                         f"write {desc} ({session_name(cid)}, seq {seq}) was reported "
                         f"definitely not applied, but {n} applied it"))
 
-    def session_counts(self) -> dict[str, int]:
+    def session_counts(self, node_id: str | None = None) -> dict[str, int]:
         """How the agreed applied log used sessions: registrations, writes refused because
         their session was gone, and evictions (sessions registered that no longer exist;
         the session table was empty at the start)."""
         registered = sum(1 for _, r in self.applied if r.registered)
         expired = sum(1 for _, r in self.applied if r.expired)
-        live = self.nodes[self.ids[0]].disk.store.session_count()
+        live = self.nodes[node_id or self.ids[0]].disk.store.session_count()
         return {"sessions_registered": registered, "sessions_expired": expired,
                 "sessions_evicted": registered - live}
 

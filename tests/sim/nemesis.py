@@ -348,7 +348,7 @@ class Nemesis:
 
     def _restart(self, victim: str) -> None:
         node = self.nodes[victim]
-        if not node.up:
+        if not node.up and node.in_service:
             node.start()
 
     # -- resync ----------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class Nemesis:
             node.on_vote = []
             node.timing.tick_factor = 1
             node.timing.stalled_until = 0
-            if not node.up:
+            if not node.up and node.in_service:
                 node.start()
 
 

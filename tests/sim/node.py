@@ -24,6 +24,7 @@ from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import Message, MessageType, Role
 from kvstore.server.runtime import NodeRuntime, Plan
 from kvstore.state.commands import ApplyResult
+from kvstore.v1 import raft_pb2
 from tests.sim.disk import SimDisk
 from tests.sim.network import describe
 from tests.sim.world import World
@@ -144,6 +145,9 @@ class SimNode:
         self.on_vote: list[Callable[[SimNode], None]] = []
         self.snapshots_installed = 0
         self.compactions = 0
+        # False for a spare that has not joined yet and for a removed node once stopped:
+        # nothing (the nemesis, the heal) may start it then.
+        self.in_service = True
         self._reset_volatile()
 
     # -- views used by the runner and the invariants --------------------------------------
@@ -258,6 +262,26 @@ class SimNode:
             fut.set_exception(ConnectionLost(f"{self.id} is down"))
             return fut
         self.rt.read_index(fut)
+        self._wake()
+        return fut
+
+    def conf_change(self, change: raft_pb2.ConfChange) -> Promise[ApplyResult]:
+        """Ask this node's runtime (the leader's, if it is one) for a membership change."""
+        fut: Promise[ApplyResult] = Promise()
+        if self.rt is None:
+            fut.set_exception(ConnectionLost(f"{self.id} is down"))
+            return fut
+        self.rt.propose_conf_change(change, fut)
+        self._wake()
+        return fut
+
+    def transfer(self, target: str) -> Promise[None]:
+        """Ask this node's runtime to hand its leadership to `target`."""
+        fut: Promise[None] = Promise()
+        if self.rt is None:
+            fut.set_exception(ConnectionLost(f"{self.id} is down"))
+            return fut
+        self.rt.transfer_leadership(target, fut)
         self._wake()
         return fut
 

@@ -33,6 +33,7 @@ from tests.sim.leases import SimLeaseHolder
 from tests.sim.nemesis import FaultProfile, Nemesis
 from tests.sim.network import NetProfile, Network
 from tests.sim.node import NodeTiming, SimNode
+from tests.sim.reconfig import Reconfigurer, initial_members
 from tests.sim.service import RpcProfile, SimService
 from tests.sim.watchers import SimWatcher, full_history
 from tests.sim.world import US_PER_MS, US_PER_S, SimulationFailure, World
@@ -55,6 +56,10 @@ class SimConfig:
     # means a message storm or a livelock, reported as a failure rather than left to spin.
     max_steps: int = 400_000
     node_class: type[SimNode] = SimNode
+    # Membership churn (tests/sim/reconfig.py): an operator adds, promotes and removes
+    # members and transfers leadership; `spares` nodes start outside the cluster.
+    reconfig: bool = False
+    spares: int = 2
 
 
 @dataclass
@@ -176,19 +181,25 @@ class Simulation:
                 NodeTiming(TICK_US, (20, 300)), profile.raft,
                 snapshot_entries=profile.snapshot_entries,
                 stream_snapshot=self._stream_snapshot)
+        # Spares (reconfiguration runs only) draw from their own streams, after everything
+        # above, so the initial nodes' schedules are those of a run without them.
+        self.spare_ids: list[str] = []
+        if cfg.reconfig:
+            self._add_spares(cfg.spares)
         self.invariants = Invariants(self.nodes, world.log, profile.max_sessions)
         self.service = SimService(world, world.derive(), self.nodes, profile.rpc,
                                   invariants=self.invariants)
         self.ledger = ClientLedger(HistoryRecorder(clock=lambda: float(world.now)))
+        self.all_ids = [*self.ids, *self.spare_ids]
         self.clients = [
-            SimClient(world, world.derive(), f"c{i}", self.ids, self.service, self.ledger,
+            SimClient(world, world.derive(), f"c{i}", self.all_ids, self.service, self.ledger,
                       profile.workload)
             for i in range(1, profile.clients + 1)
         ]
         final_workload = Workload(keys=profile.workload.keys, timeout_s=15.0,
                                   attempt_timeout_s=0.25)
-        self.final_reader = SimClient(world, world.derive(), "final", self.ids, self.service,
-                                      self.ledger, final_workload)
+        self.final_reader = SimClient(world, world.derive(), "final", self.all_ids,
+                                      self.service, self.ledger, final_workload)
         self.nemesis = Nemesis(world, world.derive(), self.nodes, self.network,
                                profile.faults, self.leader, self.invariants.check_step,
                                self.invariants.on_wipe)
@@ -204,6 +215,35 @@ class Simulation:
             SimWatcher(world, random.Random(watch_rng.getrandbits(64)), self.nodes, "L*",
                        b"L", b"M"),
         ]
+        self.reconfigurer: Reconfigurer | None = None
+        if cfg.reconfig:
+            self.reconfigurer = Reconfigurer(world, random.Random(f"reconfig-{seed}"),
+                                             self.nodes, self.spare_ids, self.leader,
+                                             on_join=self.invariants.joiners.add)
+
+    def _add_spares(self, count: int) -> None:
+        """Nodes outside the cluster until the operator admits them; the initial members'
+        stores record the bootstrap membership, as `serve` does from --peers (a store
+        without one would take the first change's membership as the whole cluster).
+        Resyncs are off: a wiped node would restart from the bootstrap voters, not the
+        current membership (the operator would have to re-join it)."""
+        world, profile = self.world, self.profile
+        profile.faults.wipe_weight = 0
+        for node_id in self.ids:
+            self.nodes[node_id].disk.store.seed_members(initial_members(self.ids))
+        for i in range(count):
+            node_id = f"n{len(self.ids) + i + 1}"
+            rng = random.Random(f"spare-{self.seed}-{node_id}")
+            disk = SimDisk(world, random.Random(rng.getrandbits(64)), node_id,
+                           profile.disk_us, self._persisted, profile.max_sessions)
+            node = self.config.node_class(
+                world, node_id, tuple(self.ids), disk, self._send,
+                random.Random(rng.getrandbits(64)), NodeTiming(TICK_US, (20, 300)),
+                profile.raft, snapshot_entries=profile.snapshot_entries,
+                stream_snapshot=self._stream_snapshot)
+            node.in_service = False
+            self.nodes[node_id] = node
+            self.spare_ids.append(node_id)
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -245,6 +285,8 @@ class Simulation:
 
     def _send(self, msgs: Sequence[Message]) -> None:
         self.invariants.on_send(msgs)
+        if self.reconfigurer is not None:
+            self.reconfigurer.observe(msgs)
         self.network.send(msgs)
 
     def _deliver(self, msg: Message) -> None:
@@ -260,7 +302,7 @@ class Simulation:
     def leader(self) -> str | None:
         """The live leader with the highest term, if any."""
         best: tuple[int, str] | None = None
-        for n in self.ids:
+        for n in self.all_ids:
             node = self.nodes[n]
             if node.up and node.raw is not None and node.raw.raft.role == Role.LEADER:
                 cand = (node.raw.raft.term, n)
@@ -300,7 +342,7 @@ class Simulation:
         last = lraft.log.last_index()
         if lraft.log.committed != last:
             return False
-        for n in self.ids:
+        for n in self.members():
             node = self.nodes[n]
             if not node.up or node.disk.pending or node.raw is None:
                 return False
@@ -308,6 +350,17 @@ class Simulation:
             if r.log.last_index() != last or node.applied_index != last or r.term != lraft.term:
                 return False
         return True
+
+    def members(self) -> list[str]:
+        """The nodes that must converge: the current leader's applied membership in a
+        reconfiguration run (every node otherwise)."""
+        if self.reconfigurer is None:
+            return self.ids
+        leader = self.leader()
+        rt = self.nodes[leader].rt if leader is not None else None
+        if rt is None:
+            return self.ids
+        return sorted(m.id for m in rt.members)
 
     def run(self) -> RunResult:
         started = time.perf_counter()
@@ -338,9 +391,13 @@ class Simulation:
         for w in self.watchers:
             w.start()
         self.nemesis.start()
+        if self.reconfigurer is not None:
+            self.reconfigurer.start()
         self._run_until(cfg.duration_us)
 
         world.log("HEAL everything; clients finish their calls")
+        if self.reconfigurer is not None:
+            self.reconfigurer.stop()
         self.nemesis.heal_all()
         for c in self.clients:
             c.stopping = True
@@ -370,8 +427,10 @@ class Simulation:
 
     def _stuck(self) -> str:
         parts = []
-        for n in self.ids:
+        for n in self.all_ids:
             node = self.nodes[n]
+            if not node.in_service:
+                continue
             if not node.up or node.raw is None:
                 parts.append(f"{n}: down")
                 continue
@@ -408,8 +467,9 @@ class Simulation:
 
     def _judge(self) -> RunResult:
         inv, led, world = self.invariants, self.ledger, self.world
-        inv.check_converged()
-        inv.check_writes(led.acked_writes, led.failed_writes)
+        members = self.members()
+        inv.check_converged(members)
+        inv.check_writes(led.acked_writes, led.failed_writes, members)
         stale = inv.check_stale_reads(self.service.stale_served)
         ops = led.history.operations()
         final_ok = {op.key for op in ops if op.process == "final" and op.status.value == "ok"}
@@ -420,7 +480,7 @@ class Simulation:
             raise Violation("Linearizability", f"key {verdict.key!r}: {verdict.explanation}")
         history = full_history([e for e, _ in inv.applied], self.profile.max_sessions)
         watched = sum(w.check(history) for w in self.watchers)
-        store = self.nodes[self.ids[0]].disk.store
+        store = self.nodes[members[0]].disk.store
         world.log(f"END applied={store.applied_index()} digests={','.join(store.shard_digests())}")
         stats = {
             "elections": inv.elections,
@@ -441,7 +501,7 @@ class Simulation:
             "failed": led.failed,
             "stale_reads": len(led.stale_reads),
             "lincheck_steps": verdict.steps,
-            **inv.session_counts(),
+            **inv.session_counts(members[0]),
             "expired_retries": led.expired_retries,
             "leases_granted": self.lease_holder.granted,
             "lease_keepalives": self.lease_holder.keepalives,
@@ -451,6 +511,10 @@ class Simulation:
             "watch_compacted_restarts": sum(w.restarts_after_compaction
                                             for w in self.watchers),
         }
+        if self.reconfigurer is not None:
+            stats.update({f"reconfig_{k}": v for k, v in sorted(
+                self.reconfigurer.counts.items())})
+            stats["members"] = ",".join(members)
         return RunResult(
             seed=self.seed,
             nodes=self.config.nodes,

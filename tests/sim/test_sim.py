@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.sim.conftest import CLUSTER_SIZES
 from tests.sim.runner import SimConfig, Simulation, run_seed
 from tests.sim.world import SimulationFailure
 
@@ -78,3 +79,30 @@ def test_failure_report_names_seed_and_replay() -> None:
     text = str(failure)
     assert "seed 42" in text and "pytest tests/sim --seed 42 -k n5" in text
     assert "recv VOTE" in text
+
+
+MEMBERSHIP_SEEDS = range(6)  # on 3 and on 5 nodes, each with 2 spares
+
+
+def test_membership_churn(replay_seed: int | None) -> None:
+    """Membership churn (tests/sim/reconfig.py) under the usual faults and clients, with
+    every invariant and the linearizability check: spares join as learners, learners are
+    promoted, voters (the leader too) and learners are removed, crashed voters replaced,
+    leadership transferred, and removed nodes that missed their removal keep campaigning
+    until stopped. The counts are summed over the runs and must show each kind happened,
+    so this cannot pass while the operator does nothing."""
+    seeds = MEMBERSHIP_SEEDS if replay_seed is None else [replay_seed]
+    totals: dict[str, int] = {}
+    for seed in seeds:
+        for nodes in CLUSTER_SIZES:
+            result = run_seed(seed, nodes, reconfig=True)
+            assert result.lincheck_ok is not None, f"seed {seed}: lincheck inconclusive"
+            for k, v in result.stats.items():
+                if k.startswith("reconfig_"):
+                    totals[k[len("reconfig_"):]] = totals.get(k[len("reconfig_"):], 0) + v
+    print("membership churn:", dict(sorted(totals.items())))
+    if replay_seed is not None:
+        return
+    for kind in ("joined", "add_learner", "promote", "remove", "remove_leader", "replace",
+                 "remove_learner", "transfer", "refused", "stopped", "disruption_msgs"):
+        assert totals.get(kind, 0) > 0, f"no {kind} in the membership churn runs: {totals}"
