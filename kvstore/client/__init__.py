@@ -60,6 +60,7 @@ from kvstore.client.errors import (
 from kvstore.client.etcd_face import LeaseGrant, LeaseInfo
 from kvstore.client.leases import AsyncLease, Lease
 from kvstore.client.locks import AsyncLock, Lock
+from kvstore.client.membership import MemberInfo
 from kvstore.client.ranges import KeyValue, RangeResult, prefix_end
 from kvstore.client.sync import KVClient
 from kvstore.client.tls import TLSConfig, TLSConfigError
@@ -91,6 +92,7 @@ __all__ = [
     "LeaseNotFound",
     "Lock",
     "LockTimeout",
+    "MemberInfo",
     "NoSpace",
     "NodeStatus",
     "NotElected",

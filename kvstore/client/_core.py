@@ -259,12 +259,25 @@ class RetryPolicy:
 # --------------------------------------------------------------------------- routing
 
 
+# Membership following (see Router.refresh_due): at most one member list refresh per
+# REFRESH_MIN_INTERVAL after trouble (a failed attempt, a leader change), and one per
+# REFRESH_PERIOD anyway.
+REFRESH_MIN_INTERVAL = 1.0
+REFRESH_PERIOD = 30.0
+
+
 class Router:
     """Which endpoint a call should try; shared by all calls of one client.
 
     Remembers the last node that acted as leader so that later calls go there
     first. Addresses learned from leader hints are added to the rotation, so a
     client given only a follower's address still finds the leader.
+
+    Membership changes: the shells refresh the rotation from the cluster's member list
+    (``refresh_due`` says when, ``adopt_members`` applies the answer), so that a client
+    made with the first members' addresses still works once they have all been replaced.
+    Why on trouble and not only on a timer: a failover or a dead endpoint is when a
+    membership change is likely to be what happened, and a refresh then costs one RPC.
     """
 
     def __init__(self, endpoints: Sequence[str]) -> None:
@@ -274,6 +287,49 @@ class Router:
         self._endpoints: list[str] = list(endpoints)
         self._leader: str | None = None
         self._lock = threading.Lock()
+        self._refresh_wanted = False
+        self._last_refresh: float | None = None
+        self._last_leader: str | None = None  # unlike _leader, not forgotten on failure
+
+    def refresh_due(self, now: float) -> bool:
+        """True (and the refresh counted as done) if the shell should ask for the member
+        list now: after trouble, at most every REFRESH_MIN_INTERVAL; else every
+        REFRESH_PERIOD (the first period starts at the first question, so a short-lived
+        client never pays for one)."""
+        with self._lock:
+            last = self._last_refresh
+            if last is None:
+                self._last_refresh = now
+                due = self._refresh_wanted
+            else:
+                since = now - last
+                due = ((self._refresh_wanted and since >= REFRESH_MIN_INTERVAL)
+                       or since >= REFRESH_PERIOD)
+            if due:
+                self._last_refresh = now
+                self._refresh_wanted = False
+            return due
+
+    def refresh_targets(self) -> list[str]:
+        """Where to ask for the member list: the leader first, then the rotation."""
+        with self._lock:
+            first = [self._leader] if self._leader else []
+            return first + [e for e in self._endpoints if e != self._leader]
+
+    def adopt_members(self, addresses: Sequence[str], complete: bool) -> None:
+        """The client addresses of the cluster's voters. ``complete``: every voter's
+        address is known, so endpoints not among them belong to removed (or never
+        existing) members and leave the rotation; otherwise new ones are only added."""
+        if not addresses:
+            return
+        with self._lock:
+            if complete:
+                kept = [e for e in self._endpoints if e in addresses]
+                self._endpoints = kept + [a for a in addresses if a not in kept]
+                if self._leader not in self._endpoints:
+                    self._leader = None
+            else:
+                self._endpoints += [a for a in addresses if a not in self._endpoints]
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -292,12 +348,19 @@ class Router:
         with self._lock:
             if address not in self._endpoints:
                 self._endpoints.append(address)
-            self._leader = address
+            if self._last_leader is not None and self._last_leader != address:
+                self._refresh_wanted = True  # a failover
+            self._leader = self._last_leader = address
 
     def forget_leader(self, address: str) -> None:
         with self._lock:
             if self._leader == address:
                 self._leader = None
+
+    def note_trouble(self) -> None:
+        """An attempt failed (no answer, unavailable): the member list may have changed."""
+        with self._lock:
+            self._refresh_wanted = True
 
     def next_after(self, address: str) -> str:
         with self._lock:
@@ -472,6 +535,14 @@ class NodeStatus:
     last_log_index: int | None = None
     log_bytes: int | None = None
     followers: tuple[FollowerProgress, ...] = ()  # reported by the leader only
+    cluster_id: str | None = None
+    voters: tuple[str, ...] = ()  # the applied membership, as this node knows it
+    learners: tuple[str, ...] = ()
+
+    @property
+    def learner(self) -> bool:
+        """True if this node is a learner (it replicates but does not vote)."""
+        return self.id is not None and self.id in self.learners
 
     def to_json(self) -> dict[str, Any]:
         """The fields of the `status --json` contract, in contract order, then the
@@ -491,6 +562,9 @@ class NodeStatus:
             "followers": [
                 {"id": f.id, "match_index": f.match_index, "lag": f.lag} for f in self.followers
             ],
+            "learner": self.learner,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
         }
 
 
@@ -646,6 +720,7 @@ class Call(Generic[R]):
         else:
             self._hint_follows = 0
             self._router.forget_leader(endpoint)
+            self._router.note_trouble()
             if self.op.pinned is None:
                 self._next_endpoint = self._router.next_after(endpoint)
             self._schedule_backoff()
@@ -971,6 +1046,9 @@ class ClientCore:
                 FollowerProgress(p.id, p.match_index, max(0, last - p.match_index))
                 for p in response.peers
             ),
+            cluster_id=response.cluster_id or None,
+            voters=tuple(response.voters),
+            learners=tuple(response.learners),
         )
 
     @staticmethod

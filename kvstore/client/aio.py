@@ -37,6 +37,7 @@ from kvstore.client.batching import BatchFailure, EndpointBatcher, batchable
 from kvstore.client.coordination import AsyncCoordination
 from kvstore.client.errors import InvalidArgument
 from kvstore.client.etcd_face import AsyncFace, refine
+from kvstore.client.membership import AsyncMembership, refresh_async
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -46,7 +47,7 @@ from kvstore.v1 import kv_pb2_grpc
 R = TypeVar("R")
 
 
-class AsyncKVClient(AsyncCoordination):
+class AsyncKVClient(AsyncCoordination, AsyncMembership):
     """asyncio kvstore client with the same methods and semantics as :class:`KVClient`.
 
     Use from one event loop. ``await client.close()`` (or ``async with``) when done.
@@ -262,6 +263,8 @@ class AsyncKVClient(AsyncCoordination):
         call = self._core.start(op, time.monotonic())
         try:
             while True:
+                if op.pinned is None:  # follow membership changes (membership.py)
+                    await refresh_async(self._core, self._face, self._channel)
                 step = call.next_step(time.monotonic())
                 if isinstance(step, Backoff):
                     await asyncio.sleep(step.seconds)

@@ -38,6 +38,7 @@ from kvstore.client._core import (
     failure_from_rpc_error,
 )
 from kvstore.client.errors import InvalidArgument, KVError, LeaseNotFound
+from kvstore.client.membership import METHODS as MEMBERSHIP_METHODS
 from kvstore.etcdpb import rpc_pb2 as pb
 
 R = TypeVar("R")
@@ -58,6 +59,8 @@ METHODS: dict[str, tuple[str, type[Any], type[Any]]] = {
     "LeaseLeases": (f"/{LEASE}/LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse),
     "LeaseKeepAlive": (KEEPALIVE_PATH, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse),
 }
+METHODS.update(MEMBERSHIP_METHODS)  # Cluster's calls and MoveLeader (membership.py)
+UNHEALTHY = "etcdserver: unhealthy cluster"
 STREAMED = frozenset({"LeaseKeepAlive"})
 
 
@@ -171,6 +174,9 @@ def _pre_check(op: Operation[Any], endpoint: str, failure: RpcFailure) -> KVErro
     exists"), and OUT_OF_RANGE of a lease call is "TTL too large", not a compacted read."""
     if failure.code is grpc.StatusCode.FAILED_PRECONDITION:
         return KVError(f"{op.name} failed on {endpoint}: {failure.describe()}")
+    if failure.code is grpc.StatusCode.UNAVAILABLE and UNHEALTHY in failure.details:
+        # A membership change that would cost the quorum: final, as etcd answers it.
+        return KVError(f"{op.name} refused by {endpoint}: {failure.describe()}")
     if failure.code is grpc.StatusCode.OUT_OF_RANGE and op.method.startswith("Lease"):
         return InvalidArgument(f"{op.name} rejected by {endpoint}: {failure.describe()}")
     return None

@@ -35,6 +35,7 @@ from kvstore.client._mvcc_ops import compact_op, range_op, txn_op
 from kvstore.client.coordination import SyncCoordination
 from kvstore.client.errors import InvalidArgument
 from kvstore.client.etcd_face import SyncFace, refine
+from kvstore.client.membership import SyncMembership, refresh_sync
 from kvstore.client.ranges import RangeOptions, RangeResult, range_request
 from kvstore.client.tls import TLSConfig, security_of
 from kvstore.client.txn import Compare, Op, TxnResult
@@ -44,7 +45,7 @@ from kvstore.v1 import kv_pb2_grpc
 R = TypeVar("R")
 
 
-class KVClient(SyncCoordination):
+class KVClient(SyncCoordination, SyncMembership):
     """Blocking kvstore client. Thread-safe; one gRPC channel per endpoint, reused.
 
     Every call retries internally (leader hints, other endpoints, backoff) until it
@@ -255,6 +256,8 @@ class KVClient(SyncCoordination):
         call = self._core.start(op, time.monotonic())
         try:
             while True:
+                if op.pinned is None:  # follow membership changes (membership.py)
+                    refresh_sync(self._core, self._face, self._channel)
                 step = call.next_step(time.monotonic())
                 if isinstance(step, Backoff):
                     time.sleep(step.seconds)
