@@ -3,7 +3,7 @@
 Modules: ``app`` (the group, error policy, shared options, where endpoints and TLS
 settings come from), ``data`` (put/get/delete/status), ``mvcc`` (txn, compaction; range
 output), ``txn_format`` (etcdctl's txn text), ``serve``, ``cluster``, ``alarm``, ``coord``
-(watch, lease, lock, elect).
+(watch, lease, lock, elect), ``member`` (member ..., move-leader), ``join`` (serve --join).
 """
 
 import os
@@ -13,7 +13,7 @@ import os
 # Must be set before grpc is first imported; an explicit GRPC_VERBOSITY wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from kvstore.cli import alarm, cluster, coord, data, mvcc, serve  # noqa: E402,F401 - registers the commands
+from kvstore.cli import alarm, cluster, coord, data, member, mvcc, serve  # noqa: E402,F401 - registers the commands
 from kvstore.cli.app import main  # noqa: E402
 
 __all__ = ["main"]

@@ -156,7 +156,8 @@ def print_status(
         log_entries = (None if n.last_log_index is None or n.snapshot_index is None
                        else n.last_log_index - n.snapshot_index)
         size = None if n.log_bytes is None else _human_bytes(n.log_bytes)
-        row = [n.id, n.address, n.role, n.term, n.commit_index, n.applied_index, n.leader_id,
+        role = "learner" if n.learner and n.role == "follower" else n.role
+        row = [n.id, n.address, role, n.term, n.commit_index, n.applied_index, n.leader_id,
                n.snapshot_index, log_entries, size]
         rows.append(["-" if v is None or v == "" else str(v) for v in row])
     if pids is not None:

@@ -117,7 +117,8 @@ def _file_option(name: str, help_text: str) -> Callable[[F], F]:
 
 
 @main.command()
-@click.option("--id", "node_id", required=True, help="This node's id, e.g. n1.")
+@click.option("--id", "node_id", default=None,
+              help="This node's id, e.g. n1 (with --join: found by --listen-peer if omitted).")
 @click.option("--listen", required=True, metavar="HOST:PORT",
               help="Client address: the KV service, for clients and the CLI.")
 @click.option("--listen-peer", required=True, metavar="HOST:PORT",
@@ -126,6 +127,14 @@ def _file_option(name: str, help_text: str) -> Callable[[F], F]:
               help="Client address to tell others (leader hints) [default: --listen].")
 @click.option("--peers", default="", metavar="ID=HOST:PEERPORT,...",
               help="The other nodes of the cluster, at their peer addresses.")
+@click.option("--join", "join_endpoints", default=None, metavar="H:P,...",
+              help="Client addresses of members of a running cluster that this node was "
+                   "added to (member add): learn the cluster id and membership from them "
+                   "(then --peers is not needed). Harmless on a restart.")
+@_file_option("--cacert", "--join: CA certificate of the members' client port [default: "
+                          "$KVSTORE_CACERT].")
+@_file_option("--cert", "--join: client certificate [default: $KVSTORE_CERT].")
+@_file_option("--key", "--join: key of --cert [default: $KVSTORE_KEY].")
 @click.option("--cluster-id", default=None, metavar="ID",
               help="The cluster's id (same on every node); stored in the data dir on first "
                    "start, a different one is refused [default: the stored one].")
@@ -183,11 +192,15 @@ def _file_option(name: str, help_text: str) -> Callable[[F], F]:
     help="TEST ONLY: let Admin.SetFaults drop Raft traffic to/from chosen peers (drills).",
 )
 def serve(
-    node_id: str,
+    node_id: str | None,
     listen: str,
     listen_peer: str,
     advertise_client: str | None,
     peers: str,
+    join_endpoints: str | None,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
     cluster_id: str | None,
     data_dir: str,
     tick_ms: int | None,
@@ -231,6 +244,22 @@ def serve(
             check_cluster_id(cluster_id)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--cluster-id") from None
+    initial_members = None
+    if join_endpoints is not None:
+        from kvstore.cli.app import _explicit_tls
+        from kvstore.cli.join import join, parse_join
+        from kvstore.state.membership import Member
+
+        joined = join(parse_join(join_endpoints), _explicit_tls(cacert, cert, key), node_id,
+                      listen_peer, str(Path(data_dir).resolve()), cluster_id)
+        node_id, cluster_id = joined.node_id, joined.cluster_id
+        if joined.members is not None:
+            initial_members = tuple(Member(*m) for m in joined.members)
+    elif node_id is None:
+        raise click.UsageError("--id is required (it may be left out only with --join)")
+    elif any(f is not None for f in (cacert, cert, key)):
+        raise click.UsageError("--cacert, --cert and --key are for --join (the server's own "
+                               "certificates are --cert-file, --key-file, ...)")
     optional = {
         "tick_ms": tick_ms,
         "election_ticks": election_ticks,
@@ -247,6 +276,7 @@ def serve(
         listen_peer=listen_peer,
         advertise_client=advertise_client or "",
         peers=_parse_peers(peers, node_id, listen_peer),
+        initial_members=initial_members,
         cluster_id=cluster_id,
         data_dir=str(Path(data_dir).resolve()),
         fault_injection=fault_injection,
