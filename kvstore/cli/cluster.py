@@ -21,6 +21,12 @@ from kvstore.cluster.manager import (
     DEFAULT_UP_TIMEOUT,
     ClusterManager,
 )
+from kvstore.cluster.membership import (
+    DEFAULT_ADD_TIMEOUT,
+    DEFAULT_REMOVE_TIMEOUT,
+    add_node,
+    remove_node,
+)
 
 
 @main.group()
@@ -149,3 +155,25 @@ def cluster_resync(node_id: str, timeout: float, directory: str) -> None:
                "it catches up from the leader")
 
 
+@cluster.command("add-node")
+@click.option("--learner", is_flag=True, help="Leave it a learner (do not promote it).")
+@timeout_option(DEFAULT_ADD_TIMEOUT)
+@dir_option
+def cluster_add_node(learner: bool, timeout: float, directory: str) -> None:
+    """Add the next node n<i> (a removed node's i is never reused): added as a learner
+    through the cluster's API, started with `serve --join`, promoted once caught up."""
+    added = add_node(_manager(directory), learner=learner, timeout=timeout)
+    r = added.record
+    what = "a voter" if added.promoted else "a learner"
+    click.echo(f"added {r.id} (pid {r.pid}) on {r.address}, peer {r.peer_address}: caught "
+               f"up to index {added.caught_up_index}, now {what}, in {added.seconds:.1f}s")
+
+
+@cluster.command("remove-node")
+@click.argument("node_id")
+@timeout_option(DEFAULT_REMOVE_TIMEOUT)
+@dir_option
+def cluster_remove_node(node_id: str, timeout: float, directory: str) -> None:
+    """Remove NODE_ID from the cluster (its id is never used again) and stop its process;
+    its data dir and log stay. Replace a dead node: remove-node it, then add-node."""
+    click.echo(remove_node(_manager(directory), node_id, timeout=timeout))

@@ -105,6 +105,10 @@ class ClusterState:
     nodes: list[NodeRecord]
     cluster_id: str | None = None
     tls: dict[str, str] | None = None
+    # Membership changes (cluster add-node / remove-node, see membership.py): the i of the
+    # next node added (None: one past the highest n{i}), and the ids removed, never reused.
+    next_index: int | None = None
+    removed: list[str] = field(default_factory=list)
 
     def client_tls(self) -> TLSConfig | None:
         if self.tls is None:
@@ -121,12 +125,18 @@ class ClusterState:
             if record.id == node_id:
                 return record
         known = ", ".join(r.id for r in self.nodes)
+        if node_id in self.removed:
+            raise ClusterError(f"node {node_id} was removed from the cluster (nodes: {known})")
         raise ClusterError(f"no node {node_id!r} in {self.path} (nodes: {known})")
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"version": 2, "name": self.name, "cluster_id": self.cluster_id}
         if self.tls is not None:
             doc["tls"] = dict(self.tls)
+        if self.next_index is not None:
+            doc["next_index"] = self.next_index
+        if self.removed:
+            doc["removed"] = list(self.removed)
         doc["nodes"] = [asdict(record) for record in self.nodes]
         return doc
 
@@ -165,8 +175,14 @@ def load_state(directory: str | Path) -> ClusterState:
     ):
         raise ClusterError(f"{path}: 'tls' must be an object of paths: ca, cert, key")
     cluster_id = data.get("cluster_id")
+    next_index, removed = data.get("next_index"), data.get("removed", [])
+    if (next_index is not None and (not isinstance(next_index, int) or next_index < 1)) \
+            or not isinstance(removed, list):
+        raise ClusterError(f"{path}: 'next_index' must be a positive integer and 'removed' "
+                           "a list of node ids")
     return ClusterState(Path(directory).resolve(), str(data.get("name", "")), nodes,
-                        cluster_id=str(cluster_id) if cluster_id else None, tls=tls)
+                        cluster_id=str(cluster_id) if cluster_id else None, tls=tls,
+                        next_index=next_index, removed=[str(r) for r in removed])
 
 
 def node_running(record: NodeRecord) -> bool:
