@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from kvstore.raft.types import Entry, EntryType, HardState, Message, MessageType, Role
 from kvstore.server.runtime import Plan
-from kvstore.state import commands
+from kvstore.state import commands, membership
 from kvstore.state.commands import ApplyResult, CommandDecodeError
 from kvstore.storage.memory_store import MemoryNodeStore
 from tests.sim.node import SimNode
@@ -134,11 +134,9 @@ class Invariants:
         self.grants: dict[tuple[int, str], set[str]] = {}
         # Nodes whose store applied a membership without them (decommissioned for good).
         self.removed: set[str] = set()
-        # Nodes that joined with a seeded membership, not the bootstrap one: replaying the
-        # membership changes before their own admission, their state machine refuses them
-        # ("already a member") where the others applied them (see _applied).
+        # Nodes that joined with a seeded membership, not the bootstrap one: they replay the
+        # membership changes before their own admission differently (see _joiner_replay).
         self.joiners: set[str] = set()
-        self._provisional: set[int] = set()  # applied indexes whose result is a joiner's
 
     # -- durable writes ----------------------------------------------------------------
 
@@ -283,8 +281,6 @@ class Invariants:
                     f"node applied {_entry_text(first)} -> {res} there"))
         elif i == len(self.applied) + 1:
             self.applied.append((entry, r))
-            if node_id in self.joiners and entry.type == EntryType.CONF_CHANGE:
-                self._provisional.add(i)
             prev = self.agreed_chain[-1] if self.agreed_chain else b""
             self.agreed_chain.append(_chain(prev, entry))
         else:
@@ -299,23 +295,26 @@ class Invariants:
                     f"second time, at index {i}"))
 
     def _joiner_replay(self, node_id: str, entry: Entry, r: ApplyResult, i: int) -> bool:
-        """Whether a different result for membership change `i` is a joiner's refusal of
-        a change its seeded membership already holds (`serve --join` seeds the store with
-        the membership after its admission, and its log replays the changes before it).
-        Only a refusal is excused: a joiner accepting what the others refused, or getting a
-        different membership, is a divergence. A joiner's result recorded first is
-        provisional until a bootstrap member's result replaces it."""
-        if entry.type != EntryType.CONF_CHANGE:
+        """Whether a different result for entry `i` is a joiner replaying the membership
+        history before its own admission: `serve --join` seeds its store with the
+        membership after the admission, so replaying the earlier changes on top of it
+        refuses some ("already a member") and re-adds ids removed since (the seed has no
+        tombstones) - transient memberships in which the joiner is a learner throughout,
+        and which end at the seed once the admission is replayed. From the admission on
+        its results must be the others' (and the final memberships must agree)."""
+        if node_id not in self.joiners or entry.type != EntryType.CONF_CHANGE:
             return False
-        if node_id in self.joiners:
-            return r.members is None and bool(r.error)
-        if i in self._provisional:
-            _, res = self.applied[i - 1]
-            if res.members is None and res.error:
-                self.applied[i - 1] = (entry, r)
-                self._provisional.discard(i)
-                return True
-        return False
+        return i <= self._admission(node_id)
+
+    def _admission(self, node_id: str) -> int:
+        """The index of the agreed change that added `node_id` (0 if none applied)."""
+        for e, res in self.applied:
+            if e.type == EntryType.CONF_CHANGE and res.members is not None:
+                cc = membership.decode_change(e.data)
+                if cc.node_id == node_id and cc.type in (membership.CT.CONF_ADD_LEARNER,
+                                                         membership.CT.CONF_ADD_VOTER):
+                    return e.index
+        return 0
 
     # -- messages ----------------------------------------------------------------------
 
@@ -369,6 +368,8 @@ class Invariants:
                 self._new_leader(node_id, node)
             v.role, v.term = r.role, r.term
         self._check_match_soundness()
+        for node in self.nodes.values():
+            node.step_voters.clear()
 
     def _max_term(self) -> int:
         terms = [hs.term for hs in self.durable_hs.values()]
@@ -408,12 +409,28 @@ class Invariants:
                         f"{lid}, leader of term {r.term}, counts {p} as holding its log up to "
                         f"{m}, but {p}'s durable log (up to {len(chain)}) does not hold it"))
 
+    def _holders(self, index: int, term: int, voters: Iterable[str]) -> int:
+        """How many of `voters` hold entry `index` of `term` on disk (or applied)."""
+        count = 0
+        for n in voters:
+            store = self.nodes[n].disk.store
+            if index < store.first_index() - 1:
+                count += store.applied_index() >= index
+            elif store.last_index() >= index and store.term(index) == term:
+                count += 1
+        return count
+
     def _check_durable_quorum(self, leader: str, term: int, index: int) -> None:
         """A leader that advances its commit index to `index` must be right that a majority
         of its voters holds that entry on disk: "committed" means durably replicated on a
         majority. The voters are those of the leader's configuration (every node without
         reconfiguration); a learner's copy never counts."""
-        voters = self.nodes[leader].raw.raft.voters  # type: ignore[union-attr]
+        node = self.nodes[leader]
+        configs = [node.raw.raft.voters, *node.step_voters]  # type: ignore[union-attr]
+        for voters in configs[1:]:
+            if self._holders(index, term, voters) >= len(voters) // 2 + 1:
+                return  # a majority of a configuration it held earlier in this step
+        voters = configs[0]
         holders = []
         for n in voters:
             store = self.nodes[n].disk.store

@@ -24,6 +24,7 @@ from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import Message, MessageType, Role
 from kvstore.server.runtime import NodeRuntime, Plan
 from kvstore.state.commands import ApplyResult
+from kvstore.state.membership import Member
 from kvstore.v1 import raft_pb2
 from tests.sim.disk import SimDisk
 from tests.sim.network import describe
@@ -102,6 +103,12 @@ class SimRuntime(NodeRuntime):
     def open_raw(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
         return self._node.open_raw(config, storage, rng)
 
+    def _apply_membership(self, members: Sequence[Member]) -> None:
+        # The voters in force until now: one step may apply several changes, and a leader
+        # may commit under each in turn (the invariants accept a majority of any of them).
+        self._node.step_voters.append(self.raw.raft.voters)
+        super()._apply_membership(members)
+
 
 class SimNode:
     """The shell of one node. Subclass and override `open_raw` or `send_early` to build
@@ -148,6 +155,8 @@ class SimNode:
         # False for a spare that has not joined yet and for a removed node once stopped:
         # nothing (the nemesis, the heal) may start it then.
         self.in_service = True
+        # Voter sets this node's core held earlier in the current step (cleared after it).
+        self.step_voters: list[tuple[str, ...]] = []
         self._reset_volatile()
 
     # -- views used by the runner and the invariants --------------------------------------

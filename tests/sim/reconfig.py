@@ -78,7 +78,11 @@ class Reconfigurer:
         # Ids seen removed by a leader's applied membership (running or stopped).
         self.removed: set[str] = set()
         self._lingering: set[str] = set()
-        self._in_flight = False  # one request at a time, as one operator makes them
+        # Usually one request at a time, as one operator makes them; sometimes another
+        # (a second operator) while one is in flight: the leader must refuse a second
+        # change until the first is applied.
+        self._in_flight = False
+        self.overlap = 0.3
         self.counts: Counter[str] = Counter()
 
     # -- the loop --------------------------------------------------------------------------
@@ -116,7 +120,7 @@ class Reconfigurer:
         if leader.rt is None or leader.role != Role.LEADER:
             return
         self._reconcile(leader)
-        if self._in_flight:
+        if self._in_flight and self.rng.random() >= self.overlap:
             return
         members = {m.id: m for m in leader.rt.members}
         voters = sorted(n for n, m in members.items() if not m.learner)
