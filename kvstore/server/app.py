@@ -106,7 +106,8 @@ async def _serve(config: NodeConfig) -> None:
                  ", ".join(f"{m.id}={m.peer_address}" for m in config.bootstrap_members()))
     members = store.members()
     peers = {m.id: m.peer_address for m in members if m.id != config.node_id}
-    gate = PeerGate(config.node_id, cluster_id, frozenset(peers), config.client_address)
+    gate = PeerGate(config.node_id, cluster_id, frozenset(peers), config.client_address,
+                    removed=frozenset(store.removed_members()))
     transport = PeerTransport(peers, metadata=gate.outgoing(),
                               credentials=peer_channel_creds)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -202,6 +203,7 @@ async def _serve(config: NodeConfig) -> None:
     def membership_changed(now: list[Member]) -> None:
         others = {m.id: m.peer_address for m in now if m.id != config.node_id}
         gate.peers = frozenset(others)
+        gate.removed = frozenset(store.removed_members())
         transport.set_peers(others)
         etcd_api.set_members(now)
         if checker is not None:
@@ -213,6 +215,15 @@ async def _serve(config: NodeConfig) -> None:
             removed_self.set()
 
     removed_self = asyncio.Event()
+
+    def told_removed() -> None:
+        # A member that applied our removal refused us: the leader stopped replicating to
+        # us once it applied the change, so we may never apply it ourselves.
+        if not removed_self.is_set():
+            log.warning("a peer says this node was removed from the cluster: stopping")
+            removed_self.set()
+
+    transport.on_removed = told_removed
     driver.on_membership = membership_changed
     if metrics_server is not None:
         log.info("serving /metrics and /health on %s", config.listen_metrics)

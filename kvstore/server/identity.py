@@ -125,6 +125,10 @@ class RefusalLog:
             self._last[key] = (when, suppressed + 1)
 
 
+# What a peer answers a member that was removed from the cluster (the sender stops).
+REMOVED_MEMBER = "this member was removed from the cluster"
+
+
 @dataclass
 class PeerGate:
     """Checks the identity a peer call claims, and remembers peers' client addresses."""
@@ -134,6 +138,7 @@ class PeerGate:
     peers: frozenset[str]
     client_address: str  # ours, sent to peers
     client_addresses: dict[str, str] = field(default_factory=dict)  # learned from peers
+    removed: frozenset[str] = frozenset()  # ids removed from the cluster (tombstones)
     refusals: RefusalLog = field(default_factory=RefusalLog)
 
     def outgoing(self) -> tuple[tuple[str, str], ...]:
@@ -159,6 +164,13 @@ class PeerGate:
                 f"cluster:{sender}:{theirs}", "FAILED_PRECONDITION",
                 f"refused {what} from {name}: cluster id {theirs}, this node "
                 f"({self.node_id}) is in cluster {self.cluster_id}")
+        if sender in self.removed:
+            # Distinct from "not a member": a removed member that missed the commit of its
+            # own removal (the leader stops replicating to it) learns it here and stops,
+            # as etcd's peers answer a removed member.
+            self._refuse(
+                f"removed:{sender}", "FAILED_PRECONDITION",
+                f"refused {what} from {name}: {REMOVED_MEMBER}")
         if sender not in self.peers:
             self._refuse(
                 f"sender:{sender}", "PERMISSION_DENIED",

@@ -80,6 +80,10 @@ class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
         src = await self._admit(context, "peer stream")
         refusals = self.gate.refusals
         async for batch in request_iterator:
+            if src in self.gate.removed:
+                # Removed while its stream was open: end the stream with the answer that
+                # tells it so (the gate refuses it again when it reconnects).
+                await self._admit(context, "peer stream")
             for pb in batch.messages:
                 claimed = getattr(pb, "from")
                 if claimed != src:

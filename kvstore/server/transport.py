@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import grpc
 
 from kvstore.raft.types import Message
-from kvstore.server.identity import RefusalLog
+from kvstore.server.identity import REMOVED_MEMBER, RefusalLog
 from kvstore.server.wire import message_to_pb
 from kvstore.v1 import admin_pb2, admin_pb2_grpc, raft_pb2, raft_pb2_grpc
 
@@ -82,6 +82,8 @@ class PeerSender:
         self.queue: asyncio.Queue[raft_pb2.MessageBatch] = asyncio.Queue(_QUEUE_LIMIT)
         self.dropped = 0
         self.blocked = False  # fault injection: drop everything to this peer
+        # Called when the peer says we were removed from the cluster.
+        self.on_removed: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -136,6 +138,8 @@ class PeerSender:
                 log.debug("peer %s at %s not reachable", self.peer_id, self.address)
             except grpc.aio.AioRpcError as err:
                 refused = err.code() in REFUSALS
+                if refused and REMOVED_MEMBER in (err.details() or "") and self.on_removed:
+                    self.on_removed()
                 if refused:
                     self._refusals.warn(
                         f"refused-by:{self.peer_id}:{err.code().name}",
@@ -162,19 +166,27 @@ class PeerTransport:
         self._metadata = metadata
         self._credentials = credentials
         self.refusals = RefusalLog()
-        self.senders = {
-            pid: PeerSender(pid, addr, self._report_drop, metadata=metadata,
-                            credentials=credentials, refusals=self.refusals)
-            for pid, addr in peers.items()
-        }
+        self.senders = {pid: self._sender(pid, addr) for pid, addr in peers.items()}
         # Told when messages to a peer were lost, so replication to it re-probes.
         self.on_drop: Callable[[str], None] | None = None
         self.drop_from: set[str] = set()  # fault injection: ignore messages from these
         self._started = False
+        # Told when a peer says this node was removed from the cluster.
+        self.on_removed: Callable[[], None] | None = None
 
     def _report_drop(self, peer_id: str) -> None:
         if self.on_drop is not None:
             self.on_drop(peer_id)
+
+    def _report_removed(self) -> None:
+        if self.on_removed is not None:
+            self.on_removed()
+
+    def _sender(self, pid: str, addr: str) -> PeerSender:
+        sender = PeerSender(pid, addr, self._report_drop, metadata=self._metadata,
+                            credentials=self._credentials, refusals=self.refusals)
+        sender.on_removed = self._report_removed
+        return sender
 
     def set_faults(self, drop_to: set[str], drop_from: set[str]) -> None:
         for pid, sender in self.senders.items():
@@ -229,8 +241,7 @@ class PeerTransport:
                 asyncio.get_running_loop().create_task(sender.stop())
         for pid, addr in peers.items():
             if pid not in self.senders:
-                sender = PeerSender(pid, addr, self._report_drop, metadata=self._metadata,
-                                    credentials=self._credentials, refusals=self.refusals)
+                sender = self._sender(pid, addr)
                 self.senders[pid] = sender
                 if self._started:
                     sender.start()

@@ -73,6 +73,11 @@ def members(txn) -> list[Member]:
                   for nid, r in _records(txn).items() if not r.removed)
 
 
+def removed_ids(txn) -> list[str]:
+    """Ids removed from the cluster (tombstones), sorted."""
+    return sorted(nid for nid, r in _records(txn).items() if r.removed)
+
+
 def seed(txn, initial: Iterable[Member]) -> bool:
     """Record the cluster's initial membership (from `--peers`, or learned when joining)
     if none is recorded yet; True if it wrote it."""

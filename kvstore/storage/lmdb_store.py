@@ -500,6 +500,10 @@ class LmdbNodeStore:
         """The applied membership (empty until seeded)."""
         return self._read(membership.members)
 
+    def removed_members(self) -> list[str]:
+        """Ids removed from the cluster (never admitted again)."""
+        return self._read(membership.removed_ids)
+
     def seed_members(self, initial: Iterable[Member]) -> bool:
         """Record the initial membership unless one is recorded; True if it wrote it."""
         with self._write_lock, self._env.begin(write=True) as txn:

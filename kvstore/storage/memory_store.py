@@ -190,6 +190,9 @@ class MemoryNodeStore:
     def members(self) -> list[Member]:
         return membership.members(DictTxn(self._dbs))
 
+    def removed_members(self) -> list[str]:
+        return membership.removed_ids(DictTxn(self._dbs))
+
     def seed_members(self, initial: Iterable[Member]) -> bool:
         txn = DictTxn(self._dbs)
         wrote = membership.seed(txn, initial)
