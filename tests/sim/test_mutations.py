@@ -54,6 +54,10 @@ SAFETY = {
     "Watch order",
     "Watch completeness",
     "Hash checks agree",
+    # membership (tests/sim/reconfig.py runs; they hold trivially without reconfiguration)
+    "Vote quorum",
+    "Learner never leads",
+    "Removed never leads",
 }
 
 
@@ -321,3 +325,80 @@ def test_watch_events_skip_a_revision(
     monkeypatch.setattr(MemoryNodeStore, "events", events)
     failure = first_catch(replay_seed)
     assert failure.invariant == "Watch completeness"
+
+
+# -- membership -------------------------------------------------------------------------
+# The no-op guard and the one-pending-change rule are proven needed by scripted scenarios
+# (tests/raft/test_membership_scenarios.py): random churn does not reach the interleaving
+# that loses an entry within a CI budget.
+
+CHURN_SEEDS = 60  # reconfiguration runs searched: 3 nodes first, then 5
+
+
+def first_churn_catch(replay_seed: int | None) -> SimulationFailure:
+    """Like first_catch, over membership-churn runs (tests/sim/reconfig.py)."""
+    seeds = range(CHURN_SEEDS) if replay_seed is None else [replay_seed]
+    cases = [(n, s) for n in CLUSTER_SIZES for s in seeds]
+    for nodes, seed in cases:
+        try:
+            run_seed(seed, nodes, reconfig=True)
+        except SimulationFailure as failure:
+            if failure.invariant == "Liveness":
+                continue
+            assert failure.invariant in SAFETY, f"not a safety catch:\n{failure}"
+            print(f"caught by {failure.invariant} at churn seed {seed} ({nodes} nodes): "
+                  f"{failure.detail.splitlines()[0]}")
+            return failure
+    if replay_seed is not None:
+        pytest.skip(f"churn seed {replay_seed} does not catch this mutation")
+    pytest.fail(f"the mutation survived all {len(cases)} churn runs")
+
+
+def test_learners_counted_for_commit(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Mutation (c): the commit index is the quorum-th highest match over every member's
+    progress, learners included (the quorum size still from the voters)."""
+    from kvstore.raft import quorum
+
+    def committed_index(match_indexes, voters) -> int:  # noqa: ANN001
+        matches = sorted(match_indexes.values(), reverse=True)
+        return matches[quorum.majority(len(voters)) - 1] if matches else 0
+
+    monkeypatch.setattr(quorum, "committed_index", committed_index)
+    failure = first_churn_catch(replay_seed)
+    assert failure.invariant in {"Commit durability", "Leader Completeness",
+                                 "Commit agreement", "Linearizability",
+                                 "No acknowledged write lost"}
+
+
+def test_removed_node_campaigns_and_is_heard(
+    monkeypatch: pytest.MonkeyPatch, replay_seed: int | None
+) -> None:
+    """Mutation (d): a node that is not a learner counts as a voter (so a removed node
+    keeps campaigning, and a removed leader does not step down), and messages from
+    non-members are accepted (by the runtime's peer checks and by the core)."""
+    import dataclasses
+
+    from kvstore.server import peer_checks
+
+    monkeypatch.setattr(Raft, "is_voter", lambda self: self.id not in self.learners)
+    original_step = Raft.step
+
+    def step(self: Raft, m: Message) -> None:
+        if m.src in self.peers or m.src == self.id:
+            original_step(self, m)
+            return
+        peers = self.peers
+        self.peers = (*peers, m.src)
+        try:
+            original_step(self, m)
+        finally:
+            self.peers = peers
+
+    monkeypatch.setattr(Raft, "step", step)
+    refusal = peer_checks.refusal
+    monkeypatch.setattr(peer_checks, "refusal", lambda m, rx: refusal(
+        m, dataclasses.replace(rx, peers=rx.peers | {m.src})))
+    failure = first_churn_catch(replay_seed)
+    assert failure.invariant in SAFETY
