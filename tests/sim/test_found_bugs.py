@@ -8,6 +8,8 @@ sends replication back to probing.
 
 from __future__ import annotations
 
+import pytest
+
 from kvstore.raft.progress import ProgressState
 from kvstore.raft.types import MessageType
 from tests.raft.harness import Cluster
@@ -45,3 +47,32 @@ def test_lost_tail_append_is_resent() -> None:
 
     c.tick_all(100)  # 100 heartbeat rounds, nothing lost any more
     assert c.nodes["n3"].raft.log.last_index() == 2
+
+
+@pytest.mark.xfail(strict=True, reason="open: a joiner's seeded membership has no tombstones")
+def test_readding_a_removed_id_diverges_on_a_joiner() -> None:
+    """Found while building membership churn (tests/sim/reconfig.py): `serve --join` seeds
+    the new store with members() - tombstones excluded - and the leader's pre-check
+    (NodeRuntime._membership_refusal) also builds its records from members(). So
+    re-adding a removed id passes the leader, is refused at apply by every node that holds
+    the tombstone, and accepted by a node that joined after the removal: the replicated
+    membership diverges."""
+    from kvstore.raft.types import Entry, EntryType
+    from kvstore.state import membership as m
+    from kvstore.storage.memory_store import MemoryNodeStore
+
+    def conf(i: int, data: bytes) -> Entry:
+        return Entry(1, i, EntryType.CONF_CHANGE, data)
+
+    old = MemoryNodeStore(shards=4, vnodes=16)
+    old.seed_members([m.Member(n, f"sim:{n}") for n in ("n1", "n2", "n3")])
+    history = [conf(1, m.encode_change(m.CT.CONF_REMOVE, "n3")),
+               conf(2, m.encode_change(m.CT.CONF_ADD_LEARNER, "n4", "sim:n4"))]
+    old.persist_and_apply(None, history, history)
+    joiner = MemoryNodeStore(shards=4, vnodes=16)
+    joiner.seed_members(old.members())  # what the joining node is told
+    readd = [conf(3, m.encode_change(m.CT.CONF_ADD_LEARNER, "n3", "sim:n3b"))]
+    old.persist_and_apply(None, readd, readd)
+    noops = [Entry(1, i, EntryType.NOOP, b"") for i in (1, 2)]
+    joiner.persist_and_apply(None, [*noops, *readd], [*noops, *readd])
+    assert joiner.members() == old.members()
