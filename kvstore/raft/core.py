@@ -53,6 +53,8 @@ class RaftConfig:
     # from a leader it neither campaigns nor votes, so it can never vote twice in one term.
     passive_until_contact: bool = False
     learners: tuple[str, ...] = ()  # members that receive the log but do not vote
+    # A node that joined an existing cluster with an empty data dir (`serve --join`).
+    joining: bool = False
 
 
 @dataclass
@@ -113,6 +115,12 @@ class Raft:
         # reaches every commit we hear of, our vote could elect a leader without them: a
         # rebuilding node neither votes nor campaigns.
         self.rebuild_until = 0
+        # A joining node takes the leader's state as a snapshot before anything else: its
+        # store knows the membership it was told when it joined, not the history of
+        # membership changes (tombstones included) that replaying the log from index 1
+        # would need to reproduce the same state. Until then it refuses appends, flags its
+        # answers, and does not campaign.
+        self.joining = config.joining
         self._reset_timeout()
 
     # -- helpers ---------------------------------------------------------------------
@@ -243,7 +251,7 @@ class Raft:
         else:
             self.election_elapsed += 1
             if (self.election_elapsed >= self.randomized_timeout and not self.passive
-                    and not self.rebuilding and self.is_voter()):
+                    and not self.rebuilding and not self.joining and self.is_voter()):
                 self.election_elapsed = 0
                 self._reset_timeout()
                 self._campaign(pre=self.cfg.pre_vote)
@@ -579,9 +587,14 @@ class Raft:
             # Our last index tells the leader whether we hold everything it sent (a slow
             # acknowledgement, not a lost append) and, with `rebuilding`, that we lost data.
             self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context,
-                               index=self.log.last_index(), rebuilding=self.rebuilding))
+                               index=self.log.last_index(), rebuilding=self.rebuilding,
+                               needs_snapshot=self.joining))
 
     def _handle_append(self, m: Message) -> None:
+        if self.joining:
+            self._answer_append(m.src, index=m.index, reject=True, reject_hint=m.index,
+                                hint_term=m.log_term)
+            return
         if m.index < self.log.committed:
             self._answer_append(m.src, index=self.log.committed)
             return
@@ -599,7 +612,7 @@ class Raft:
         """An APP_RESP, flagged while we are still rebuilding a wiped data dir."""
         self._send(Message(MT.APP_RESP, self.id, to, self.term, index=index, reject=reject,
                            reject_hint=reject_hint, hint_term=hint_term,
-                           rebuilding=self.rebuilding))
+                           rebuilding=self.rebuilding, needs_snapshot=self.joining))
 
     def _received_leader_data(self) -> None:
         """Our log now matches the leader's (an accepted append or a snapshot). Once it also
@@ -623,6 +636,9 @@ class Raft:
             # The data rides on the message (the runtime made it) to the Ready that installs it.
             self.log.restore(m.snapshot if m.snapshot is not None else Snapshot(snap))
             self._received_leader_data()
+            if self.joining:
+                self.joining = False
+                self._log_event(f"joined with the leader's snapshot at {snap.index}")
             ack = snap.index
         self._answer_append(m.src, index=ack)
 
@@ -666,8 +682,20 @@ class Raft:
                 return
             self._on_heartbeat_answer(m, pr)
 
+    def _send_snapshot_if_asked(self, m: Message, pr: Progress) -> bool:
+        """A joining node asks for our state as a snapshot (see Raft.joining)."""
+        if not m.needs_snapshot:
+            return False
+        if pr.state != ProgressState.SNAPSHOT:
+            pr.become_snapshot()
+            self._log_event(f"{m.src} joined the cluster: sending it a snapshot")
+            self._send(Message(MT.SNAP, self.id, m.src, self.term))
+        return True
+
     def _on_append_answer(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
+        if self._send_snapshot_if_asked(m, pr):
+            return
         if self._maybe_lost_data(m, pr, m.reject_hint if m.reject else m.index):
             self._send_append(m.src)
             return
@@ -693,6 +721,7 @@ class Raft:
 
     def _on_heartbeat_answer(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
+        self._send_snapshot_if_asked(m, pr)  # its read acks still count below
         pr.probe_sent = False
         self._maybe_lost_data(m, pr, m.index)
         if self._no_ack_for_a_heartbeat(pr):

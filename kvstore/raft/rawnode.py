@@ -44,6 +44,7 @@ class Status:
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
     transferee: str = ""  # leader: the voter leadership is being handed to
+    joining: bool = False  # joined with an empty data dir; no snapshot installed yet
 
 
 class RawNode:
@@ -148,6 +149,7 @@ class RawNode:
             last_index=r.log.last_index(),
             passive=r.passive,
             rebuilding=r.rebuilding,
+            joining=r.joining,
             progress=progress,
             voters=r.voters,
             learners=r.learners,

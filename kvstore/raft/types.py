@@ -85,6 +85,8 @@ class Message:
     # not yet received data from a leader. Only such an answer may lower the leader's match
     # for it: any other answer below match is stale (duplicated or reordered).
     rebuilding: bool = False
+    # APP_RESP / HEARTBEAT_RESP: a joining node that has not installed a snapshot yet.
+    needs_snapshot: bool = False
     # SNAP to a follower's core only (made by its runtime, never read off the wire): the
     # received state machine, carried to the Ready that installs it.
     snapshot: Snapshot | None = None

@@ -54,6 +54,8 @@ log = logging.getLogger("kvstore.server")
 # A file in an (empty) data dir: the node was wiped to be rebuilt from the leader.
 RESYNC_MARKER = "RESYNC"
 REMOVED_GRACE_SECONDS = 0.5
+# A file in the data dir of a node that joined and has not installed the leader's snapshot.
+JOIN_MARKER = "JOINING"
 
 
 class StartupError(Exception):
@@ -101,9 +103,18 @@ async def _serve(config: NodeConfig) -> None:
         log.warning("resyncing: this node will not vote or campaign until a leader reaches it")
     # The membership is replicated state once recorded; --peers (or what --join learned)
     # only seeds a data dir that has none.
+    join_marker = os.path.join(config.data_dir, JOIN_MARKER)
+    if config.initial_members is not None and not store.members():
+        # Joining: the leader's state arrives as a snapshot before anything is applied.
+        # The marker is durable before the membership is recorded, so a crash in between
+        # cannot leave a joined node that would replay the log instead.
+        _durable_marker(join_marker)
     if store.seed_members(config.bootstrap_members()):
         log.info("recorded the initial membership: %s",
                  ", ".join(f"{m.id}={m.peer_address}" for m in config.bootstrap_members()))
+    joining = os.path.exists(join_marker)
+    if joining:
+        log.info("joining: waiting for the leader's snapshot")
     members = store.members()
     peers = {m.id: m.peer_address for m in members if m.id != config.node_id}
     gate = PeerGate(config.node_id, cluster_id, frozenset(peers), config.client_address,
@@ -127,6 +138,7 @@ async def _serve(config: NodeConfig) -> None:
         send_snapshot=lambda peer, path, term: transport.send_snapshot(
             peer, path, config.node_id, term),
         resync_marker=marker if resync else None,
+        join_marker=join_marker if joining else None,
         quota_bytes=config.quota_backend_bytes,
         metrics=metrics,
     )
@@ -262,6 +274,17 @@ async def _serve(config: NodeConfig) -> None:
         log.critical("stopping: %s", failure, exc_info=failure)
         raise StartupError(f"node stopped after a fatal error: {failure}")
     log.info("node %s stopped cleanly", config.node_id)
+
+
+def _durable_marker(path: str) -> None:
+    """Create an empty marker file and make its directory entry durable."""
+    with open(path, "w") as f:
+        os.fsync(f.fileno())
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _removed_grace(removed: asyncio.Event) -> None:

@@ -95,6 +95,7 @@ class NodeDriver:
         snapshot_entries: int = 10_000,
         send_snapshot: SendSnapshot | None = None,
         resync_marker: str | None = None,
+        join_marker: str | None = None,
         quota_bytes: int | None = None,
         metrics: DriverMetrics | None = None,
     ) -> None:
@@ -108,12 +109,14 @@ class NodeDriver:
         self._send_snapshot = send_snapshot
         self._snapshots_out: dict[str, asyncio.Task[None]] = {}
         self._resync_marker = resync_marker
+        self._join_marker = join_marker
         self.runtime = NodeRuntime(
             node_id, voters, store, rng,
             election_ticks=election_ticks,
             snapshot_entries=snapshot_entries,
             can_send_snapshots=send_snapshot is not None,
             resyncing=resync_marker is not None,
+            joining=join_marker is not None,
             log=log.info,
             quota_bytes=quota_bytes,
             min_lease_ttl=min_lease_ttl(tick_seconds, election_ticks),
@@ -287,6 +290,10 @@ class NodeDriver:
                         self._membership_seen = rt.membership_version
                         if self.on_membership is not None:
                             self.on_membership(list(rt.members))
+                    if rt.join_finished() and self._join_marker is not None:
+                        # The leader's state is installed: an ordinary member's data dir.
+                        os.unlink(self._join_marker)
+                        self._join_marker = None
                     if rt.resync_finished() and self._resync_marker is not None:
                         # A leader reached us and what it told us is on disk: from now on
                         # the data dir is an ordinary member's.

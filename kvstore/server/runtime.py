@@ -86,6 +86,8 @@ class NodeStore(LogStorage, Protocol):
 
     def members(self) -> list[Member]: ...
 
+    def removed_members(self) -> list[str]: ...
+
 
 class LeadershipLost(Exception):
     """The request was accepted by a leader that lost its role before answering; a write
@@ -242,6 +244,7 @@ class NodeRuntime:
         snapshot_entries: int = 10_000,
         can_send_snapshots: bool = True,
         resyncing: bool = False,
+        joining: bool = False,
         log: Callable[[str], None] | None = None,
         raft_options: dict[str, Any] | None = None,
         quota_bytes: int | None = None,
@@ -267,10 +270,12 @@ class NodeRuntime:
             election_ticks=election_ticks,
             applied=store.applied_index(),
             passive_until_contact=resyncing,
+            joining=joining,
             **(raft_options or {}),
         )
         self.raw = self.open_raw(cfg, store, rng)
         self.resyncing = resyncing
+        self.joining = joining
         self.role = Role.FOLLOWER
         self.leader = ""
         self.applied_index = store.applied_index()
@@ -537,6 +542,8 @@ class NodeRuntime:
         if current:
             records = {m.id: raft_pb2.MemberRecord(peer_address=m.peer_address,
                                                    learner=m.learner) for m in current.values()}
+            for gone in self.store.removed_members():
+                records[gone] = raft_pb2.MemberRecord(removed=True)
             try:
                 membership.check(records, cc)
             except membership.ConfChangeError as err:
@@ -690,6 +697,14 @@ class NodeRuntime:
         st = self.raw.status()
         if self.resyncing and self._in_plan is None and not st.passive and not st.rebuilding:
             self.resyncing = False
+            return True
+        return False
+
+    def join_finished(self) -> bool:
+        """True once, when a joining node's snapshot from the leader is installed and
+        durable: from then on its data dir is an ordinary member's."""
+        if self.joining and self._in_plan is None and not self.raw.status().joining:
+            self.joining = False
             return True
         return False
 

@@ -44,6 +44,7 @@ def message_to_pb(m: Message) -> raft_pb2.Message:
         hint_term=m.hint_term,
         context=m.context,
         rebuilding=m.rebuilding,
+        needs_snapshot=m.needs_snapshot,
         **{"from": m.src},
     )
 
@@ -77,4 +78,5 @@ def message_from_pb(p: raft_pb2.Message) -> Message:
         hint_term=p.hint_term,
         context=p.context,
         rebuilding=p.rebuilding,
+        needs_snapshot=p.needs_snapshot,
     )

@@ -70,7 +70,7 @@ class Entry(_message.Message):
     def __init__(self, term: _Optional[int] = ..., index: _Optional[int] = ..., type: _Optional[_Union[EntryType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("type", "to", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "hint_term", "context", "rebuilding")
+    __slots__ = ("type", "to", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "hint_term", "context", "rebuilding", "needs_snapshot")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class Message(_message.Message):
     HINT_TERM_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     REBUILDING_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     type: MessageType
     to: str
     term: int
@@ -96,7 +97,8 @@ class Message(_message.Message):
     hint_term: int
     context: int
     rebuilding: bool
-    def __init__(self, type: _Optional[_Union[MessageType, str]] = ..., to: _Optional[str] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., hint_term: _Optional[int] = ..., context: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., **kwargs) -> None: ...
+    needs_snapshot: bool
+    def __init__(self, type: _Optional[_Union[MessageType, str]] = ..., to: _Optional[str] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., hint_term: _Optional[int] = ..., context: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., needs_snapshot: _Optional[bool] = ..., **kwargs) -> None: ...
 
 class MessageBatch(_message.Message):
     __slots__ = ("messages",)

@@ -235,7 +235,7 @@ class Interaction:
             self.nodes[node_id] = node
             self._start(node)
         shown = fmt_fields(self.nodes[ids[0]].config,
-                           skip=("node_id", "voters", "learners", "applied",
+                           skip=("node_id", "voters", "learners", "joining", "applied",
                                  "passive_until_contact"))
         self._emit(f"{' '.join(ids)}: {shown}")
 

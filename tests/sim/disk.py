@@ -38,6 +38,7 @@ class SimDisk:
         self.max_sessions = max_sessions
         self.store = self._new_store()
         self.resync_marker = False  # survives crashes, like the RESYNC file
+        self.join_marker = False  # survives crashes, like the JOINING file (`serve --join`)
         self.wipes = 0
         self.latency_us = latency_us
         self.slow_factor = 1

@@ -211,6 +211,7 @@ class SimNode:
             snapshot_entries=self.snapshot_entries,
             can_send_snapshots=self._stream_snapshot is not None,
             resyncing=self.disk.resync_marker,
+            joining=self.disk.join_marker,
             log=self._core_log,
             clock=lambda: self.world.now_s,
             min_lease_ttl=1,  # elections here take well under a second
@@ -222,6 +223,7 @@ class SimNode:
             f"START {self.id} #{self.incarnation} term={hs.term} vote={hs.vote or '-'} "
             f"commit={hs.commit} applied={store.applied_index()} last={store.last_index()}"
             f"{' RESYNC' if self.disk.resync_marker else ''}"
+            f"{' JOINING' if self.disk.join_marker else ''}"
         )
         self.world.schedule(self.rng.randint(0, self.timing.tick_us), self._tick,
                             self.incarnation)
@@ -401,6 +403,8 @@ class SimNode:
             self.snapshots_installed += 1
         commit = rt.raw.raft.log.committed
         rt.finish(plan, results)
+        if rt.join_finished():
+            self.disk.join_marker = False
         if rt.resync_finished():
             self.disk.resync_marker = False
             self.world.log(f"{self.id} resync finished: an ordinary member again")

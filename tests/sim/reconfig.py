@@ -235,6 +235,7 @@ class Reconfigurer:
         self.spares.remove(spare)
         self.joined.add(spare)
         node = self.nodes[spare]
+        node.disk.join_marker = True  # as app.py: durable before the membership is recorded
         node.disk.store.seed_members(members)
         self._on_join(spare)
         node.in_service = True

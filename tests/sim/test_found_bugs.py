@@ -8,8 +8,6 @@ sends replication back to probing.
 
 from __future__ import annotations
 
-import pytest
-
 from kvstore.raft.progress import ProgressState
 from kvstore.raft.types import MessageType
 from tests.raft.harness import Cluster
@@ -49,15 +47,14 @@ def test_lost_tail_append_is_resent() -> None:
     assert c.nodes["n3"].raft.log.last_index() == 2
 
 
-@pytest.mark.xfail(strict=True, reason="open: a joiner's seeded membership has no tombstones")
-def test_readding_a_removed_id_diverges_on_a_joiner() -> None:
-    """Found while building membership churn (tests/sim/reconfig.py): `serve --join` seeds
-    the new store with members() - tombstones excluded - and the leader's pre-check
-    (NodeRuntime._membership_refusal) also builds its records from members(). So
-    re-adding a removed id passes the leader, is refused at apply by every node that holds
-    the tombstone, and accepted by a node that joined after the removal: the replicated
-    membership diverges."""
-    from kvstore.raft.types import Entry, EntryType
+def test_a_joiner_takes_the_membership_with_its_tombstones_from_a_snapshot() -> None:
+    """Found while building membership churn (tests/sim/reconfig.py): a joiner used to
+    start from the membership it was told (tombstones excluded) and replay the log on top
+    of it, so re-adding a removed id was refused by every old member and accepted by the
+    joiner: the replicated membership diverged. Now a joining node refuses appends and
+    asks for the leader's state as a snapshot (Raft.joining), which carries the
+    tombstones; and the leader refuses to propose re-adding a removed id at all."""
+    from kvstore.raft.types import Entry, EntryType, HardState
     from kvstore.state import membership as m
     from kvstore.storage.memory_store import MemoryNodeStore
 
@@ -71,8 +68,38 @@ def test_readding_a_removed_id_diverges_on_a_joiner() -> None:
     old.persist_and_apply(None, history, history)
     joiner = MemoryNodeStore(shards=4, vnodes=16)
     joiner.seed_members(old.members())  # what the joining node is told
+    _, data = old.export_snapshot()
+    joiner.install_snapshot(data, HardState(1, "", 2))
+    assert joiner.removed_members() == ["n3"]
     readd = [conf(3, m.encode_change(m.CT.CONF_ADD_LEARNER, "n3", "sim:n3b"))]
-    old.persist_and_apply(None, readd, readd)
-    noops = [Entry(1, i, EntryType.NOOP, b"") for i in (1, 2)]
-    joiner.persist_and_apply(None, [*noops, *readd], [*noops, *readd])
+    results = [s.persist_and_apply(None, readd, readd)[0] for s in (old, joiner)]
+    assert [r.ok for r in results] == [False, False]
     assert joiner.members() == old.members()
+
+
+def test_a_joining_core_refuses_appends_until_it_has_a_snapshot() -> None:
+    """The protocol half of the fix above, at the core: the joiner's answers ask for a
+    snapshot, and the leader sends one instead of the log from index 1."""
+    import random
+
+    from kvstore.raft.core import Raft, RaftConfig
+    from kvstore.raft.storage import MemoryStorage
+    from kvstore.raft.types import Message
+
+    joiner = Raft(RaftConfig("n4", ("n1", "n2", "n3"), learners=("n4",), joining=True),
+                  MemoryStorage(), random.Random(1))
+    joiner.step(Message(MessageType.APP, "n1", "n4", 2, log_term=0, index=0, commit=5,
+                        entries=()))
+    (answer,) = joiner.msgs
+    assert answer.type == MessageType.APP_RESP and answer.reject and answer.needs_snapshot
+    assert joiner.log.last_index() == 0
+
+    leader = Cluster(3)
+    leader.elect("n1")
+    raft = leader.nodes["n1"].raft
+    raft.apply_conf(("n1", "n2", "n3"), ("n4",))
+    raft.msgs.clear()
+    raft.step(Message(MessageType.APP_RESP, "n4", "n1", raft.term, index=0, reject=True,
+                      needs_snapshot=True))
+    assert [m.type for m in raft.msgs if m.dst == "n4"] == [MessageType.SNAP]
+    assert raft.prs["n4"].state == ProgressState.SNAPSHOT
