@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from kvstore.raft.types import Entry, EntryType, HardState, Message, MessageType, Role
 from kvstore.server.runtime import Plan
-from kvstore.state import commands, membership
+from kvstore.state import commands
 from kvstore.state.commands import ApplyResult, CommandDecodeError
 from kvstore.storage.memory_store import MemoryNodeStore
 from tests.sim.node import SimNode
@@ -134,8 +134,8 @@ class Invariants:
         self.grants: dict[tuple[int, str], set[str]] = {}
         # Nodes whose store applied a membership without them (decommissioned for good).
         self.removed: set[str] = set()
-        # Nodes that joined with a seeded membership, not the bootstrap one: they replay the
-        # membership changes before their own admission differently (see _joiner_replay).
+        # Nodes that joined with a seeded membership, not the bootstrap one: they must take
+        # the leader's state as a snapshot before applying any entry (Raft.joining).
         self.joiners: set[str] = set()
 
     # -- durable writes ----------------------------------------------------------------
@@ -145,6 +145,12 @@ class Invariants:
         store = self.nodes[node_id].disk.store
         if rd.snapshot is not None:
             self._installed(node_id, rd.snapshot.meta.index, rd.snapshot.meta.term)
+            self.joiners.discard(node_id)
+        elif node_id in self.joiners and (rd.entries or rd.committed):
+            raise Violation("Join by snapshot", (
+                f"{node_id} joined and wrote or applied entries "
+                f"{(rd.entries or rd.committed)[0].index}.. before installing the leader's "
+                "snapshot (it would replay membership history over a seeded membership)"))
         if rd.entries:
             self._durable_entries(node_id, rd.entries)
         if len(self.chains[node_id]) != store.last_index():
@@ -273,9 +279,7 @@ class Invariants:
         i = entry.index
         if i <= len(self.applied):
             first, res = self.applied[i - 1]
-            if first == entry and res != r and self._joiner_replay(node_id, entry, r, i):
-                pass
-            elif first != entry or res != r:
+            if first != entry or res != r:
                 raise Violation("State Machine Safety", (
                     f"{node_id} applied {_entry_text(entry)} -> {r} at index {i}, but another "
                     f"node applied {_entry_text(first)} -> {res} there"))
@@ -293,28 +297,6 @@ class Invariants:
                 raise Violation("At-most-once", (
                     f"{node_id} applied request ({session_name(r.client_id)}, seq {r.seq}) a "
                     f"second time, at index {i}"))
-
-    def _joiner_replay(self, node_id: str, entry: Entry, r: ApplyResult, i: int) -> bool:
-        """Whether a different result for entry `i` is a joiner replaying the membership
-        history before its own admission: `serve --join` seeds its store with the
-        membership after the admission, so replaying the earlier changes on top of it
-        refuses some ("already a member") and re-adds ids removed since (the seed has no
-        tombstones) - transient memberships in which the joiner is a learner throughout,
-        and which end at the seed once the admission is replayed. From the admission on
-        its results must be the others' (and the final memberships must agree)."""
-        if node_id not in self.joiners or entry.type != EntryType.CONF_CHANGE:
-            return False
-        return i <= self._admission(node_id)
-
-    def _admission(self, node_id: str) -> int:
-        """The index of the agreed change that added `node_id` (0 if none applied)."""
-        for e, res in self.applied:
-            if e.type == EntryType.CONF_CHANGE and res.members is not None:
-                cc = membership.decode_change(e.data)
-                if cc.node_id == node_id and cc.type in (membership.CT.CONF_ADD_LEARNER,
-                                                         membership.CT.CONF_ADD_VOTER):
-                    return e.index
-        return 0
 
     # -- messages ----------------------------------------------------------------------
 

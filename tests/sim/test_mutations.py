@@ -58,6 +58,7 @@ SAFETY = {
     "Vote quorum",
     "Learner never leads",
     "Removed never leads",
+    "Join by snapshot",
 }
 
 
@@ -402,3 +403,18 @@ def test_removed_node_campaigns_and_is_heard(
         m, dataclasses.replace(rx, peers=rx.peers | {m.src})))
     failure = first_churn_catch(replay_seed)
     assert failure.invariant in SAFETY
+
+
+def test_joiner_replays_the_log(monkeypatch: pytest.MonkeyPatch, replay_seed: int | None) -> None:
+    """Mutation: a joining node does not wait for the leader's snapshot (Raft.joining is
+    ignored), so it replays the log from index 1 over the membership it was told, which
+    lacks the history (tombstones) that log assumes."""
+    original_init = Raft.__init__
+
+    def init(self, config, *args, **kwargs) -> None:  # noqa: ANN001
+        original_init(self, config, *args, **kwargs)
+        self.joining = False
+
+    monkeypatch.setattr(Raft, "__init__", init)
+    failure = first_churn_catch(replay_seed)
+    assert failure.invariant == "Join by snapshot"
