@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cluster_util import (
     Cluster,
@@ -31,6 +32,7 @@ from cluster_util import (
 )
 
 from kvstore.client import KVClient, KVError, Timeout, Unavailable
+from kvstore.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -136,6 +138,19 @@ def test_add_remove_replace_and_refusals(grown: Grown) -> None:
     for key, value in [("k0", "v0"), ("k19", "v19"), ("after-remove", "yes"), ("last", "x")]:
         assert wait_until(lambda k=key, v=value: stale_value(grown, "n6", k) == v, 10,
                           f"{key} on n6")
+    # The replacement's whole state, not just a sample: every member's shard digests at
+    # the same applied index.
+    def digests() -> dict[str, tuple[int, tuple[str, ...]]] | None:
+        found = {}
+        for nid, node in grown.nodes().items():
+            with grpc.insecure_channel(str(node["peer_address"])) as channel:
+                d = admin_pb2_grpc.AdminStub(channel).Digest(admin_pb2.DigestRequest(),
+                                                             timeout=5)
+            found[nid] = (d.applied_index, tuple(d.shard_digests))
+        return found if len(set(found.values())) == 1 else None
+
+    assert set(wait_until(digests, 15, "equal digests on every member")) == {
+        "n3", "n4", "n5", "n6"}
 
     # move-leader, by node id; then by etcd's hex id.
     target = next(n for n in ("n6", "n5") if n != grown.leader())
