@@ -22,8 +22,8 @@ from kvstore.raft.errors import NotLeader
 from kvstore.server import mvcc_requests
 from kvstore.server.kv_rules import KVRules
 from kvstore.server.node import NodeDriver
+from kvstore.server.outcomes import AlarmRefused, LeadershipLost
 from kvstore.server.request_error import RequestError
-from kvstore.server.runtime import AlarmRefused, LeadershipLost
 
 T = TypeVar("T")
 

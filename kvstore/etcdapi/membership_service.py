@@ -26,8 +26,9 @@ from kvstore.etcdapi.common import EtcdNode
 from kvstore.etcdapi.forward import Forwarder, client_handler
 from kvstore.etcdapi.members import member_id
 from kvstore.etcdpb import rpc_pb2 as pb
+from kvstore.server.outcomes import LeadershipLost
+from kvstore.server.reconfig import MembershipRefused
 from kvstore.server.request_error import RequestError
-from kvstore.server.runtime import LeadershipLost, MembershipRefused
 from kvstore.state.membership import CT, Member
 from kvstore.v1 import raft_pb2
 

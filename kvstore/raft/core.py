@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore.raft import quorum
-from kvstore.raft.errors import ConfChangeRefused, NotLeader, TransferRefused
+from kvstore.raft.errors import NotLeader
 from kvstore.raft.log import RaftLog
 from kvstore.raft.progress import Progress, ProgressState
+from kvstore.raft.reconfig import Reconfiguration
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import (
     FORCE_VOTE,
@@ -64,7 +65,7 @@ class _PendingRead:
     round: int
 
 
-class Raft:
+class Raft(Reconfiguration):
     def __init__(
         self,
         config: RaftConfig,
@@ -124,15 +125,6 @@ class Raft:
         self._reset_timeout()
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _set_config(self, voters: Sequence[str], learners: Sequence[str]) -> None:
-        self.voters = tuple(sorted(set(voters)))
-        self.learners = tuple(sorted(set(learners) - set(voters)))
-        self.peers = tuple(sorted({*self.voters, *self.learners} - {self.id}))
-        self.voter_peers = tuple(v for v in self.voters if v != self.id)
-
-    def is_voter(self) -> bool:
-        return self.id in self.voters
 
     def _log_event(self, text: str) -> None:
         if self._logger is not None:
@@ -297,91 +289,6 @@ class Raft:
         self._append([Entry(self.term, first + i, EntryType.NORMAL, p)
                       for i, p in enumerate(payloads)])
         return first, self.term
-
-    def conf_change_refusal(self) -> str | None:
-        """Why the leader may not propose a membership change now, or None. Membership
-        takes effect when applied, so two changes may never be in the log unapplied at
-        once: their combined effect could differ by two servers from the configuration a
-        lagging node still uses, and two such majorities need not overlap."""
-        if self.role != Role.LEADER:
-            raise NotLeader(self.leader)
-        if self.lead_transferee:
-            return f"a leader transfer to {self.lead_transferee} is under way"
-        if self.log.applied < self.pending_conf_index:
-            if self.log.term(self.pending_conf_index) == self.term and not self.committed_in_term():
-                return "the new leader has not committed an entry of its term yet"
-            return "a previous membership change is still being applied"
-        return None
-
-    def propose_conf_change(self, data: bytes) -> tuple[int, int]:
-        """Append one membership change (its data is the state machine's business);
-        returns (index, term). Raises NotLeader, ConfChangeRefused."""
-        why = self.conf_change_refusal()
-        if why is not None:
-            raise ConfChangeRefused(why)
-        index = self.log.last_index() + 1
-        self._append([Entry(self.term, index, EntryType.CONF_CHANGE, data)])
-        self.pending_conf_index = index
-        return index, self.term
-
-    def apply_conf(self, voters: Sequence[str], learners: Sequence[str]) -> None:
-        """A membership change was applied (or a snapshot installed, or the node started):
-        from now on these are the voters and learners. Called by the runtime in apply order."""
-        old = set(self.peers)
-        self._set_config(voters, learners)
-        self._log_event(f"membership now voters {','.join(self.voters) or '-'}"
-                        f" learners {','.join(self.learners) or '-'}")
-        if self.role == Role.LEADER:
-            last = self.log.last_index()
-            for p in set(self.peers) - old:
-                pr = Progress(last + 1, self.cfg.max_inflight)
-                pr.recent_active = True
-                self.prs[p] = pr
-            for p in old - set(self.peers):
-                self.prs.pop(p, None)
-            if self.lead_transferee and self.lead_transferee not in self.voter_peers:
-                self.lead_transferee = ""
-            if not self.is_voter():
-                self._step_down_removed()
-                return
-            if self._maybe_commit():
-                self._broadcast_append()
-            self._release_reads()
-            for p in set(self.peers) - old:
-                self._send_append(p)
-        elif self.role != Role.FOLLOWER and not self.is_voter():
-            self.become_follower(self.term, "")
-
-    def _step_down_removed(self) -> None:
-        """We were removed (or demoted) while leading: tell the others the commit index
-        that includes the change, hand leadership to the most up-to-date voter at once
-        rather than leave the cluster to wait an election timeout, and step down."""
-        self._broadcast_heartbeat()
-        best = max(self.voter_peers, key=lambda p: self.prs[p].match, default="")
-        if best and self.prs[best].match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, self.id, best, self.term))
-        self._log_event("no longer a voter: stepping down")
-        self.become_follower(self.term, "")
-
-    def transfer_leadership(self, target: str) -> None:
-        """Hand leadership to `target` (thesis 3.10): stop taking proposals, bring it up to
-        date, then tell it to campaign at once. Gives up after an election timeout.
-        Raises NotLeader, TransferRefused."""
-        if self.role != Role.LEADER:
-            raise NotLeader(self.leader)
-        if target == self.id:
-            return
-        if target not in self.voter_peers:
-            raise TransferRefused(f"{target} is not a voter of this cluster")
-        self.lead_transferee = target
-        self.transfer_elapsed = 0
-        # Our election timer restarts so check-quorum does not end the transfer early.
-        self.election_elapsed = 0
-        self._log_event(f"transferring leadership to {target}")
-        if self.prs[target].match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, self.id, target, self.term))
-        else:
-            self._send_append(target)
 
     def _append(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -681,16 +588,6 @@ class Raft:
                                 f"{m.context} (ours is {self._read_round})")
                 return
             self._on_heartbeat_answer(m, pr)
-
-    def _send_snapshot_if_asked(self, m: Message, pr: Progress) -> bool:
-        """A joining node asks for our state as a snapshot (see Raft.joining)."""
-        if not m.needs_snapshot:
-            return False
-        if pr.state != ProgressState.SNAPSHOT:
-            pr.become_snapshot()
-            self._log_event(f"{m.src} joined the cluster: sending it a snapshot")
-            self._send(Message(MT.SNAP, self.id, m.src, self.term))
-        return True
 
     def _on_append_answer(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True

@@ -23,8 +23,8 @@ import grpc
 from kvstore.etcdpb import rpc_pb2
 from kvstore.raft.errors import NotLeader
 from kvstore.server import mvcc_requests
+from kvstore.server.outcomes import AlarmRefused, LeadershipLost, SessionExpired, StaleRequest
 from kvstore.server.request_error import RequestError
-from kvstore.server.runtime import AlarmRefused, LeadershipLost, SessionExpired, StaleRequest
 from kvstore.state import commands, kv_ops
 from kvstore.state.alarms import MAX_MEMBER_BYTES, NOSPACE, TYPE_NAMES, Alarm
 from kvstore.state.commands import ApplyResult

@@ -21,17 +21,9 @@ from typing import Protocol
 
 from kvstore.raft.rawnode import Status
 from kvstore.raft.types import Message, Role, SnapshotMeta
-from kvstore.server.runtime import (
-    LeadershipLost,
-    MembershipRefused,
-    NodeRuntime,
-    NodeStore,
-    Plan,
-    SessionExpired,
-    StaleRequest,
-    execute_write,
-    resolve_applied,
-)
+from kvstore.server.outcomes import LeadershipLost, SessionExpired, StaleRequest, resolve_applied
+from kvstore.server.reconfig import MembershipRefused
+from kvstore.server.runtime import NodeRuntime, NodeStore, Plan, execute_write
 from kvstore.server.watch_hub import WatchHub
 from kvstore.state.commands import ApplyResult
 from kvstore.state.membership import Member

@@ -26,7 +26,7 @@ import grpc
 
 from kvstore.raft.types import Message
 from kvstore.server.identity import PeerGate, Refused
-from kvstore.server.runtime import SnapshotRefused
+from kvstore.server.outcomes import SnapshotRefused
 from kvstore.server.wire import message_from_pb
 from kvstore.v1 import raft_pb2, raft_pb2_grpc
 

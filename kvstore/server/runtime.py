@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvstore.raft.core import RaftConfig
-from kvstore.raft.errors import ConfChangeRefused, NotLeader, TransferRefused
+from kvstore.raft.errors import ConfChangeRefused, NotLeader
 from kvstore.raft.rawnode import RawNode, Status
 from kvstore.raft.storage import LogStorage
 from kvstore.raft.types import (
@@ -48,8 +48,15 @@ from kvstore.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
-from kvstore.server import peer_checks
+from kvstore.server import peer_checks, reconfig
 from kvstore.server.lessor import Lessor
+from kvstore.server.outcomes import (
+    LeadershipLost,
+    SnapshotRefused,
+    Waiter,
+    resolve_applied,
+)
+from kvstore.server.reconfig import MembershipRefused
 from kvstore.state import commands, membership
 from kvstore.state.alarms import NOSPACE, Alarm
 from kvstore.state.commands import ApplyResult
@@ -89,45 +96,6 @@ class NodeStore(LogStorage, Protocol):
     def removed_members(self) -> list[str]: ...
 
 
-class LeadershipLost(Exception):
-    """The request was accepted by a leader that lost its role before answering; a write
-    may or may not be applied (the client retries it with the same write id)."""
-
-
-class StaleRequest(Exception):
-    """The write id is older than what its session still remembers."""
-
-
-class SessionExpired(Exception):
-    """The write names a session the state machine does not hold (evicted, or never
-    registered); it was not applied now (an earlier attempt of it may have been)."""
-
-
-class SnapshotRefused(ValueError):
-    """A snapshot that may be intact but is not ours to take now (not from the leader we
-    follow in our term); a damaged one raises a plain ValueError."""
-
-
-class MembershipRefused(Exception):
-    """A membership change or leader transfer that was not made (nothing changed); the
-    message says why. `retryable` when it may succeed later as it is (a change or an
-    election in progress, a learner still catching up)."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class AlarmRefused(Exception):
-    """A put or compare-and-swap was refused because a cluster alarm is raised (NOSPACE or
-    CORRUPT); it was not applied."""
-
-    def __init__(self, alarm_type: int) -> None:
-        self.alarm_type = alarm_type
-        name = "database space exceeded" if alarm_type == NOSPACE else "corruption detected"
-        super().__init__(f"writes refused: {name} (see `kvstore alarm list`)")
-
-
 def _nothing() -> None:
     """What an internal proposal (a lease revoke) does when it settles: nothing; a revoke
     that did not apply is proposed again by the lessor."""
@@ -150,46 +118,6 @@ class _Unwatched:
     def set_exception(self, exc: BaseException) -> None:
         self._done = True
         self._on_done()
-
-
-class Waiter(Protocol):
-    """What a waiting request offers: an asyncio.Future, or the simulator's promise."""
-
-    def done(self) -> bool: ...
-
-    def set_result(self, result: Any) -> None: ...
-
-    def set_exception(self, exc: BaseException) -> None: ...
-
-
-def resolve_applied(
-    waiting: dict[int, tuple[int, Waiter]],
-    committed: Sequence[Entry],
-    results: Sequence[ApplyResult],
-) -> None:
-    """Answer the proposals waiting on `committed` entries, matched by (index, term) —
-    never by order: an entry replaced after a leader change fails its waiter."""
-    by_index = {r.index: r for r in results}
-    for e in committed:
-        entry_waiter = waiting.pop(e.index, None)
-        if entry_waiter is None:
-            continue
-        term, fut = entry_waiter
-        if fut.done():
-            continue
-        result = by_index.get(e.index)
-        if e.term != term or result is None:
-            fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
-        elif result.stale:
-            fut.set_exception(StaleRequest("write id older than its session remembers"))
-        elif result.alarm:
-            fut.set_exception(AlarmRefused(result.alarm))
-        elif result.expired:
-            fut.set_exception(SessionExpired(
-                "client session not found (evicted or never registered); not applied now, "
-                "an earlier attempt may have been: register a new session"))
-        else:
-            fut.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -296,8 +224,7 @@ class NodeRuntime:
         # Who may send us messages: every other member.
         self._peers = frozenset({*cfg.voters, *cfg.learners}) - {node_id}
         self._conf_proposals: list[tuple[raft_pb2.ConfChange, Waiter]] = []
-        self._transfers: list[tuple[str, Waiter]] = []  # (target, waiter) to start
-        self._transfer_waiters: list[tuple[str, Waiter]] = []  # started, awaiting the result
+        self._transfers = reconfig.Transfers()
         self.quota_bytes = quota_bytes
         # Hashes of our state taken at hash-check entries: log index -> digest (the latest few).
         self.hash_checks: dict[int, str] = {}
@@ -410,7 +337,7 @@ class NodeRuntime:
         if self.role != Role.LEADER:
             waiter.set_exception(NotLeader(self.leader))
             return
-        self._transfers.append((target, waiter))
+        self._transfers.request(target, waiter)
 
     def removed(self) -> bool:
         """This node applied a membership that no longer includes it."""
@@ -429,7 +356,7 @@ class NodeRuntime:
     def has_inputs(self) -> bool:
         return bool(self._ticks_due or self._inbox or self._proposals or self._read_requests
                     or self._unreachable or self._snapshot_reports or self._conf_proposals
-                    or self._transfers)
+                    or self._transfers.queued)
 
     def wants_turn(self) -> bool:
         """Whether a turn (feed + plans) has anything to do."""
@@ -472,21 +399,7 @@ class NodeRuntime:
         for change, w in confs:
             if not w.done():
                 self._feed_conf_change(change, w)
-        transfers, self._transfers = self._transfers, []
-        for target, w in transfers:
-            if w.done():
-                continue
-            try:
-                raw.transfer_leadership(target)
-            except NotLeader as err:
-                w.set_exception(NotLeader(err.leader))
-            except TransferRefused as err:
-                w.set_exception(MembershipRefused(str(err)))
-            else:
-                if target == self.node_id:
-                    w.set_result(None)
-                else:
-                    self._transfer_waiters.append((target, w))
+        self._transfers.start(raw, self.node_id)
         reads, self._read_requests = self._read_requests, []
         for w in reads:
             if w.done():
@@ -509,7 +422,9 @@ class NodeRuntime:
         if why is not None:
             w.set_exception(MembershipRefused(f"{membership.describe(change)}: {why}", True))
             return
-        why, retryable = self._membership_refusal(change)
+        why, retryable = reconfig.leader_refusal(change, self.node_id, self.members,
+                                                 self.store.removed_members(),
+                                                 raw.status())
         if why is not None:
             w.set_exception(MembershipRefused(f"{membership.describe(change)}: {why}",
                                               retryable))
@@ -521,60 +436,6 @@ class NodeRuntime:
             return
         self._log(f"proposed membership change at {index}: {membership.describe(change)}")
         self._waiting_entries[index] = (term, w)
-
-    def _membership_refusal(self, cc: raft_pb2.ConfChange) -> tuple[str | None, bool]:
-        """(why the leader refuses `cc`, whether a retry may succeed), or (None, False).
-        Beyond the state machine's own checks (applied the same on every member), the
-        leader refuses what would cost the cluster its quorum (etcd's strict
-        reconfiguration check) and a promotion of a learner that is not nearly caught up
-        (etcd: within 10% of the leader's log)."""
-        current = {m.id: m for m in self.members}
-        st = self.raw.status()
-        voters = set(st.voters)
-        CT = membership.CT
-        try:
-            membership.check_node_id(cc.node_id)
-        except membership.ConfChangeError as err:
-            return str(err), False
-        if cc.type not in (CT.CONF_ADD_VOTER, CT.CONF_ADD_LEARNER, CT.CONF_PROMOTE,
-                           CT.CONF_REMOVE, CT.CONF_UPDATE):
-            return "unknown membership change type", False
-        if current:
-            records = {m.id: raft_pb2.MemberRecord(peer_address=m.peer_address,
-                                                   learner=m.learner) for m in current.values()}
-            for gone in self.store.removed_members():
-                records[gone] = raft_pb2.MemberRecord(removed=True)
-            try:
-                membership.check(records, cc)
-            except membership.ConfChangeError as err:
-                return str(err), False
-
-        def active(node: str) -> bool:
-            if node == self.node_id:
-                return True
-            p = st.progress.get(node)
-            return p is not None and p.active
-
-        if cc.type in (CT.CONF_ADD_VOTER, CT.CONF_PROMOTE):
-            if cc.type == CT.CONF_PROMOTE:
-                p = st.progress.get(cc.node_id)
-                leader_match = st.last_index
-                if p is None or p.match < leader_match * 9 // 10:
-                    have = 0 if p is None else p.match
-                    return (f"learner {cc.node_id} is not ready: it holds the log up to "
-                            f"{have} of {leader_match} (promotion needs 90%)"), True
-            after = voters | {cc.node_id}
-            up = sum(1 for v in after if active(v))
-            if up < len(after) // 2 + 1:
-                return (f"the cluster would lose its quorum: {up} of {len(after)} voters "
-                        "would be reachable"), True
-        if cc.type == CT.CONF_REMOVE and cc.node_id in voters:
-            after = voters - {cc.node_id}
-            up = sum(1 for v in after if active(v))
-            if up < len(after) // 2 + 1:
-                return (f"the cluster would lose its quorum: {up} of {len(after)} remaining "
-                        "voters are reachable"), True
-        return None, False
 
     def _apply_membership(self, members: Sequence[Member]) -> None:
         self.members = list(members)
@@ -642,8 +503,8 @@ class NodeRuntime:
                 w.set_exception(LeadershipLost("leadership lost before the read was confirmed"))
         self._release_reads()
         self.raw.advance(rd)
-        if self._transfer_waiters and self.role == Role.LEADER and not self.raw.transferee:
-            self._fail_transfers("leader transfer timed out: the target did not catch up "
+        if self._transfers.waiting and self.role == Role.LEADER and not self.raw.transferee:
+            self._transfers.fail("leader transfer timed out: the target did not catch up "
                                  "or win its election within an election timeout")
         if rd.committed and self._quota_check_due(rd.committed):
             self._check_quota()
@@ -722,14 +583,12 @@ class NodeRuntime:
             if not w.done():
                 w.set_exception(err)
         self._waiting_entries.clear()
-        for _, w in [*self._proposals, *self._conf_proposals, *self._transfers,
-                     *self._transfer_waiters]:
+        for _, w in [*self._proposals, *self._conf_proposals]:
             if not w.done():
                 w.set_exception(err)
         self._proposals.clear()
         self._conf_proposals.clear()
-        self._transfers.clear()
-        self._transfer_waiters.clear()
+        self._transfers.fail_all(err)
         for w in [*self._read_requests, *self._waiting_read_ids.values(),
                   *(w for _, w in self._waiting_apply)]:
             if not w.done():
@@ -751,21 +610,11 @@ class NodeRuntime:
                 still.append((index, w))
         self._waiting_apply = still
 
-    def _fail_transfers(self, why: str) -> None:
-        waiters, self._transfer_waiters = self._transfer_waiters, []
-        for _, w in waiters:
-            if not w.done():
-                w.set_exception(MembershipRefused(why, True))
-
     def _on_soft_state(self, role: Role, leader: str) -> None:
         was_leader = self.role == Role.LEADER
         self.role, self.leader = role, leader
-        if self._transfer_waiters and leader:
-            # A transfer ends when a leader is known again: the target, or someone else.
-            for t, w in self._transfer_waiters:
-                if t == leader and not w.done():
-                    w.set_result(None)
-            self._fail_transfers(f"leadership went to {leader}, not the transfer target")
+        if self._transfers.waiting and leader:
+            self._transfers.leader_known(leader)
         self._log(f"{self.node_id} is now {role.label} (leader {leader or 'unknown'})")
         if role == Role.LEADER and not was_leader:
             self.lessor.promote(self.store.leases())
@@ -773,9 +622,9 @@ class NodeRuntime:
             self.lessor.demote(leader)
         if was_leader and role != Role.LEADER:
             # Stepping down is how a transfer succeeds: its waiters wait for the new leader.
-            transfers, self._transfer_waiters = self._transfer_waiters, []
+            transfers, self._transfers.waiting = self._transfers.waiting, []
             self.fail_all(LeadershipLost("leadership lost; the write may or may not apply"))
-            self._transfer_waiters = transfers
+            self._transfers.waiting = transfers
 
     # -- views ---------------------------------------------------------------------------
 

@@ -13,14 +13,8 @@ import pytest
 from kvstore.raft.errors import NotLeader
 from kvstore.raft.types import Entry, Message, MessageType, Role
 from kvstore.server import peer_checks
-from kvstore.server.runtime import (
-    AlarmRefused,
-    LeadershipLost,
-    NodeRuntime,
-    Plan,
-    SessionExpired,
-    execute_write,
-)
+from kvstore.server.outcomes import AlarmRefused, LeadershipLost, SessionExpired
+from kvstore.server.runtime import NodeRuntime, Plan, execute_write
 from kvstore.state import commands
 from kvstore.storage.memory_store import MemoryNodeStore
 
@@ -521,7 +515,7 @@ def test_refused_peer_messages_are_logged_sparingly() -> None:
 
 
 def test_a_snapshot_not_from_our_leader_is_refused_as_not_ours_to_take() -> None:
-    from kvstore.server.runtime import SnapshotRefused
+    from kvstore.server.outcomes import SnapshotRefused
 
     leader = single_leader()
     _, data = leader.store.export_snapshot()

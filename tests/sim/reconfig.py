@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from kvstore.raft.types import Message, MessageType, Role
-from kvstore.server.runtime import MembershipRefused
+from kvstore.server.reconfig import MembershipRefused
 from kvstore.state.commands import ApplyResult
 from kvstore.state.membership import CT, Member
 from kvstore.v1 import raft_pb2

@@ -21,7 +21,7 @@ import grpc
 
 from kvstore.client._core import RpcFailure
 from kvstore.server.kv_rules import KVRules, RequestError
-from kvstore.server.runtime import LeadershipLost
+from kvstore.server.outcomes import LeadershipLost
 from kvstore.state.mvcc import MvccError
 from kvstore.v1 import kv_pb2
 from tests.sim.invariants import Invariants
