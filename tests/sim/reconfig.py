@@ -218,8 +218,11 @@ class Reconfigurer:
         for spare in [*self.spares]:
             if spare in ids:
                 self._join(spare, members)
+        # Removed means tombstoned in the leader's state, not merely absent from it: a new
+        # leader may not have applied an add yet, and its process must keep running.
+        tombstones = set(leader.rt.store.removed_members())
         for n, node in self.nodes.items():
-            if n in ids or n in self.removed or not node.in_service:
+            if n in ids or n in self.removed or not node.in_service or n not in tombstones:
                 continue
             self.removed.add(n)
             self._lingering.add(n)
