@@ -1,8 +1,8 @@
-"""etcd's Cluster service: MemberList (membership is static in kvstore, so no Add/Remove).
+"""etcd's Cluster service: MemberList (the changes are in membership_service.py).
 
-Members are the configured nodes (this node and --peers), named by node id, with stable
-member ids (members.member_id), peer URLs from the configuration and client URLs as the
-nodes advertise them. A node learns a peer's client address from that peer's Raft
+Members are the applied membership (kvstore.state.membership), named by node id, with
+stable member ids (members.member_id), peer URLs from the membership and client URLs as
+the nodes advertise them. A node learns a peer's client address from that peer's Raft
 stream (every node opens one to every peer at start), so it is normally known; if not
 (the peer has not reached us since we started), the peer is asked over its peer port
 (the forward service's MemberList) and the answer remembered. A peer that is down and

@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -145,3 +146,39 @@ def test_etcd3gw(cluster: Cluster) -> None:
     assert client.delete_prefix("gw3/") is True
     assert client.get_prefix("gw3/") == []
 
+
+
+def test_membership_through_the_gateway(cluster: Cluster) -> None:
+    """etcd's gateway paths for membership: add a learner (it is never started, so it
+    stays a learner and promotion is refused), remove it, and move leadership."""
+    import urllib.request
+
+    from kvstore.etcdapi.members import member_id
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://{cluster.endpoints[1]}{path}",
+                                     data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, added = post("/v3/cluster/member/add",
+                         {"peerURLs": ["http://127.0.0.1:1"], "isLearner": True})
+    assert status == 200, added
+    new = added["member"]
+    assert new["isLearner"] is True and new["name"].startswith("node-")
+    status, refused = post("/v3/cluster/member/promote", {"ID": new["ID"]})
+    assert status != 200 and "in sync with leader" in refused["message"], refused
+    status, removed = post("/v3/cluster/member/remove", {"ID": new["ID"]})
+    assert status == 200, removed
+    assert new["ID"] not in [m["ID"] for m in removed["members"]]
+    leader = next(n["id"] for n in json.loads(subprocess.run(
+        [sys.executable, "-m", "kvstore.cli", "cluster", "status", "--json", "--dir",
+         str(cluster.dir)], capture_output=True, text=True, timeout=60).stdout)["nodes"]
+        if n.get("role") == "leader")
+    target = next(n for n in cluster.ids if n != leader)
+    status, moved = post("/v3/maintenance/transfer-leadership",
+                         {"targetID": str(member_id(target))})
+    assert status == 200, moved
