@@ -13,7 +13,7 @@ import os
 # Must be set before grpc is first imported; an explicit GRPC_VERBOSITY wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from kvstore.cli import alarm, cluster, coord, data, member, mvcc, serve  # noqa: E402,F401 - registers the commands
+from kvstore.cli import alarm, cluster, coord, data, member, mvcc, serve, snapshot  # noqa: E402,F401 - registers the commands
 from kvstore.cli.app import main  # noqa: E402
 
 __all__ = ["main"]

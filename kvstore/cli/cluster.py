@@ -177,3 +177,28 @@ def cluster_remove_node(node_id: str, timeout: float, directory: str) -> None:
     """Remove NODE_ID from the cluster (its id is never used again) and stop its process;
     its data dir and log stay. Replace a dead node: remove-node it, then add-node."""
     click.echo(remove_node(_manager(directory), node_id, timeout=timeout))
+
+
+@cluster.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--nodes", type=click.IntRange(MIN_NODES, MAX_NODES), default=None,
+              help=f"Number of nodes [default: {DEFAULT_NODES}].")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=None,
+              help=f"Client port of n1, as for `cluster up` [default: {DEFAULT_BASE_PORT}].")
+@click.option("--tls", is_flag=True, help="As for `cluster up`.")
+@timeout_option(DEFAULT_UP_TIMEOUT)
+@dir_option
+def cluster_restore(file: str, nodes: int | None, base_port: int | None, tls: bool,
+                    timeout: float, directory: str) -> None:
+    """Start a NEW local cluster whose state is the backup FILE's (revisions included; a
+    new cluster id; members n1..nN). DIR must not hold a cluster."""
+    from kvstore.cluster.restore import restore_cluster
+
+    layout = default_layout(nodes or DEFAULT_NODES, base_port or DEFAULT_BASE_PORT)
+    state, leader, restored = restore_cluster(_manager(directory), file, layout, tls=tls,
+                                              timeout=timeout)
+    for record in state.nodes:
+        click.echo(f"{record.id}  {record.address}  peer {record.peer_address}  "
+                   f"pid {record.pid}  log {record.log_file}")
+    click.echo(f"restored {file} into new cluster {state.cluster_id} in {state.dir} "
+               f"(data dirs built in {restored:.2f}s); leader {leader}")

@@ -268,12 +268,14 @@ class ClusterManager:
     # -- commands
 
     def up(
-        self, layout: Layout, timeout: float = DEFAULT_UP_TIMEOUT, *, tls: bool = False
+        self, layout: Layout, timeout: float = DEFAULT_UP_TIMEOUT, *, tls: bool = False,
+        cluster_id: str | None = None,
     ) -> tuple[ClusterState, str]:
         """Start every node of ``layout`` (with ``tls``: mutual TLS on both ports, with
-        certificates made under DIR/tls); return once a leader is elected (with its id)."""
+        certificates made under DIR/tls); return once a leader is elected (with its id).
+        ``cluster_id``: the id of a new cluster (default: a random one)."""
         with self._locked():
-            state = self._prepare_up(layout, tls)
+            state = self._prepare_up(layout, tls, cluster_id)
             started: list[NodeRecord] = []
             try:
                 for record in state.nodes:
@@ -359,7 +361,8 @@ class ClusterManager:
 
     # -- internals
 
-    def _prepare_up(self, layout: Layout, tls: bool) -> ClusterState:
+    def _prepare_up(self, layout: Layout, tls: bool,
+                    new_cluster_id: str | None = None) -> ClusterState:
         path = self.dir / CLUSTER_FILE
         cluster_id: str | None = None
         shape = [(s.id, s.address, s.peer_address) for s in layout.nodes]
@@ -394,7 +397,7 @@ class ClusterManager:
         if busy:
             raise ClusterError(f"address already in use: {', '.join(busy)}")
         # A new cluster (or one recorded before cluster ids existed; its nodes adopt it).
-        cluster_id = cluster_id or secrets.token_hex(8)
+        cluster_id = cluster_id or new_cluster_id or secrets.token_hex(8)
         certs = ensure_cluster_certs(self.dir, [s.id for s in layout.nodes]) if tls else None
         records = []
         for spec in layout.nodes:

@@ -52,6 +52,7 @@ SERVICES: dict[str, dict[str, MessageTypes]] = {
         "Hash": (pb.HashRequest, pb.HashResponse),
         "HashKV": (pb.HashKVRequest, pb.HashKVResponse),
         "MoveLeader": (pb.MoveLeaderRequest, pb.MoveLeaderResponse),
+        "Snapshot": (pb.SnapshotRequest, pb.SnapshotResponse),
     },
     CLUSTER: {
         "MemberList": (pb.MemberListRequest, pb.MemberListResponse),
@@ -74,6 +75,8 @@ SERVICES: dict[str, dict[str, MessageTypes]] = {
 
 # Bidirectional streams: (service, method).
 STREAMS = frozenset({(WATCH, "Watch"), (LEASE, "LeaseKeepAlive")})
+# Server streams (one request, a stream of answers).
+SERVER_STREAMS = frozenset({(MAINTENANCE, "Snapshot")})
 
 # What a follower forwards to its leader: the KV service's methods, the alarm (it goes
 # through the log), the member list (a node asks a peer for its own client address),
@@ -104,6 +107,7 @@ def generic_handler(service: str, handlers: Mapping[str, Handler | StreamHandler
         raise ValueError(f"{service} has no method(s) {sorted(unknown)}")
     return grpc.method_handlers_generic_handler(service, {
         name: (grpc.stream_stream_rpc_method_handler if (service, name) in STREAMS
+               else grpc.unary_stream_rpc_method_handler if (service, name) in SERVER_STREAMS
                else grpc.unary_unary_rpc_method_handler)(
             fn,
             request_deserializer=table[name][0].FromString,
@@ -121,7 +125,9 @@ def stub(channel: grpc.Channel | grpc.aio.Channel, service: str) -> SimpleNamesp
     ``stub(ch, KV).Range(pb.RangeRequest(key=b"a"), timeout=5)``; a method of STREAMS is
     a stream-stream callable (``stub(ch, WATCH).Watch()`` -> a call to write and read)."""
     return SimpleNamespace(**{
-        name: (channel.stream_stream if (service, name) in STREAMS else channel.unary_unary)(
+        name: (channel.stream_stream if (service, name) in STREAMS
+               else channel.unary_stream if (service, name) in SERVER_STREAMS
+               else channel.unary_unary)(
             path(service, name),
             request_serializer=req.SerializeToString,
             response_deserializer=resp.FromString)

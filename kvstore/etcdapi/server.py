@@ -26,6 +26,7 @@ from kvstore.etcdapi.maintenance_service import EtcdMaintenanceService
 from kvstore.etcdapi.members import MemberBook
 from kvstore.etcdapi.membership_service import EtcdMembershipService
 from kvstore.etcdapi.methods import CLUSTER, KV, LEASE, MAINTENANCE, WATCH, generic_handler
+from kvstore.etcdapi.snapshot_service import EtcdSnapshotService
 from kvstore.etcdapi.watch_service import DEFAULT_PROGRESS_INTERVAL, EtcdWatchService
 from kvstore.server.config import NodeConfig
 from kvstore.server.identity import PeerGate
@@ -82,12 +83,14 @@ def add_etcd_api(client_server: grpc.aio.Server, peer_server: grpc.aio.Server,
     maintenance = EtcdMaintenanceService(node, forwarder)
     cluster = EtcdClusterService(node, forwarder)
     membership = EtcdMembershipService(node, forwarder)
+    snapshots = EtcdSnapshotService(node, cluster_id, config.data_dir)
     watch = EtcdWatchService(node, progress_interval=progress_interval())
     lease = EtcdLeaseService(node, forwarder)
     client_server.add_generic_rpc_handlers((
         generic_handler(KV, kv.handlers()),
         generic_handler(MAINTENANCE, {**maintenance.handlers(),
-                                      **membership.maintenance_handlers()}),
+                                      **membership.maintenance_handlers(),
+                                      "Snapshot": snapshots.snapshot}),
         generic_handler(CLUSTER, {**cluster.handlers(), **membership.cluster_handlers()}),
         generic_handler(WATCH, watch.handlers()),
         generic_handler(LEASE, lease.handlers()),

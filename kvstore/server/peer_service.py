@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
@@ -38,14 +39,21 @@ INCOMING_SUFFIX = ".tmp"
 DeliverSnapshot = Callable[[str, int, bytes], None]  # (sender, its term, the file's bytes)
 
 
+BACKUP_WORK_PREFIX = ".backup-"  # kvstore.etcdapi.snapshot_service's temporary dirs
+
+
 def remove_incoming(directory: str) -> int:
-    """Delete snapshot files left by a receive that a crash cut off; returns how many."""
+    """Delete snapshot files left by a receive, and backup work dirs left by a
+    Maintenance.Snapshot, that a crash cut off; returns how many."""
     n = 0
     for name in os.listdir(directory):
         if name.startswith(INCOMING_PREFIX) and name.endswith(INCOMING_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
                 n += 1
+        elif name.startswith(BACKUP_WORK_PREFIX):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            n += 1
     return n
 
 

@@ -88,6 +88,14 @@ def seed(txn, initial: Iterable[Member]) -> bool:
     return True
 
 
+def reset(txn, new: Iterable[Member]) -> None:
+    """Replace the whole membership, tombstones included (a restore into a new cluster)."""
+    for key, _ in list(txn.items(MEMBERS_DB)):
+        txn.delete(MEMBERS_DB, key)
+    for m in new:
+        _put(txn, m.id, raft_pb2.MemberRecord(peer_address=m.peer_address, learner=m.learner))
+
+
 def _put(txn, node_id: str, rec: raft_pb2.MemberRecord) -> None:
     txn.put(MEMBERS_DB, node_id.encode(), rec.SerializeToString())
 

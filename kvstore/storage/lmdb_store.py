@@ -504,6 +504,11 @@ class LmdbNodeStore:
         """Ids removed from the cluster (never admitted again)."""
         return self._read(membership.removed_ids)
 
+    def reset_members(self, members: Iterable[Member]) -> None:
+        """Replace the recorded membership (a restore into a new cluster, offline)."""
+        with self._write_lock, self._env.begin(write=True) as txn:
+            membership.reset(_LmdbTxn(txn, self._dbs), members)
+
     def seed_members(self, initial: Iterable[Member]) -> bool:
         """Record the initial membership unless one is recorded; True if it wrote it."""
         with self._write_lock, self._env.begin(write=True) as txn:
