@@ -26,6 +26,8 @@ from kvstore.etcdapi.common import EtcdNode
 from kvstore.etcdapi.forward import Forwarder, client_handler
 from kvstore.etcdapi.members import member_id
 from kvstore.etcdpb import rpc_pb2 as pb
+from kvstore.raft.errors import NotLeader
+from kvstore.raft.types import Role
 from kvstore.server.outcomes import LeadershipLost
 from kvstore.server.reconfig import MembershipRefused
 from kvstore.server.request_error import RequestError
@@ -101,7 +103,16 @@ class EtcdMembershipService:
     def _header(self) -> pb.ResponseHeader:
         return self.node.header(0)
 
+    def _on_the_leader(self) -> None:
+        """Membership calls run on the leader: a follower forwards them (NotLeader) before
+        looking anything up, since its own view of the members may lag the leader's (a
+        member just added is found on the leader first)."""
+        driver = self.node.driver
+        if driver.role != Role.LEADER:
+            raise NotLeader(driver.leader)
+
     def _node_of(self, mid: int) -> str:
+        self._on_the_leader()
         node = self.node.book.node_of(mid)
         if node is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
@@ -123,6 +134,7 @@ class EtcdMembershipService:
 
     async def member_add(self, req: pb.MemberAddRequest,
                          context: grpc.aio.ServicerContext) -> pb.MemberAddResponse:
+        self._on_the_leader()
         address = peer_address(list(req.peerURLs))
         node_id = req.name or f"node-{secrets.token_hex(4)}"
         kind = CT.CONF_ADD_LEARNER if req.isLearner else CT.CONF_ADD_VOTER
@@ -149,6 +161,7 @@ class EtcdMembershipService:
 
     async def move_leader(self, req: pb.MoveLeaderRequest,
                           context: grpc.aio.ServicerContext) -> pb.MoveLeaderResponse:
+        self._on_the_leader()
         target = self.node.book.node_of(req.targetID)
         if target is None or target in self.node.book.learners:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
