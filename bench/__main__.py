@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.etcdcluster import EtcdMissing
+from bench.profile import ProfilerMissing, py_spy
 from bench.report import (
     PLOT_HINT,
     evaluate_targets,
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> SuiteConfig:
     ap.add_argument("--out", help="results directory (bench/results)")
     ap.add_argument("--data-dir", help="where the servers' temporary data goes (system temp)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy profiles of kvstore's nodes during the sequential puts "
+                         "(needs py-spy: pip install -e '.[bench]')")
     a = ap.parse_args(argv)
     base = QUICK if a.quick else FULL
     overrides = {
@@ -82,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> SuiteConfig:
         "value_size": a.value_size, "value_sizes": a.value_sizes, "size_puts": a.size_puts,
         "levels": a.levels, "read_levels": a.read_levels, "processes": a.procs,
         "duration": a.duration, "warmup": a.warmup, "out": a.out, "data_dir": a.data_dir,
-        "plots": not a.no_plots,
+        "plots": not a.no_plots, "profile": a.profile or None,
     }
     cfg = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.processes < 1 or cfg.seq_puts < 1 or cfg.seq_reads < 1 or cfg.size_puts < 1:
@@ -102,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     out = Path(cfg.out) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.mode}"
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.profile:
+        try:
+            py_spy()
+        except ProfilerMissing as exc:
+            print(f"python -m bench: {exc}", file=sys.stderr)
+            out.rmdir()
+            return 2
+        cfg = replace(cfg, profile_dir=str(out / "profiles"))
     try:
         result = run_suite(cfg, out)
     except EtcdMissing as exc:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.drivers import SyncDriver, TargetSpec, sync_driver
 from bench.load import READ_KEYSPACE, LoadPool
 from bench.progress import Progress, note
@@ -55,6 +56,10 @@ class SuiteConfig:
     out: str = "bench/results"
     data_dir: str | None = None
     plots: bool = True
+    # py-spy profiles of kvstore's nodes during the sequential puts (bench/profile.py),
+    # written to profile_dir (set by the command line next to the results).
+    profile: bool = False
+    profile_dir: str | None = None
 
 
 FULL = SuiteConfig()
@@ -86,8 +91,9 @@ def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[st
         for i in range(50):  # channels, leader discovery, first allocations
             driver.put(b"warm-%d" % i, value)
         if "latency" in cfg.phases:
-            put = _timed(f"{spec.name} put", cfg.seq_puts,
-                         lambda i: driver.put(b"seq-%d" % (i % READ_KEYSPACE), value))
+            with _profiled(spec, cfg, "put", out):
+                put = _timed(f"{spec.name} put", cfg.seq_puts,
+                             lambda i: driver.put(b"seq-%d" % (i % READ_KEYSPACE), value))
             out["latency"] = {"put": latency_entry(put)}
         needs_keys = "latency" in cfg.phases or (everything and "reads" in cfg.phases)
         first_missing = min(cfg.seq_puts, READ_KEYSPACE) if "latency" in cfg.phases else 0
@@ -113,6 +119,22 @@ def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[st
     finally:
         driver.close()
     return out
+
+
+@contextlib.contextmanager
+def _profiled(spec: TargetSpec, cfg: SuiteConfig, phase: str,
+              out: dict[str, Any]) -> Iterator[None]:
+    """Profile a kvstore target's nodes during the block (with --profile); the
+    summaries go to out["profile"][phase] and are printed."""
+    if not cfg.profile or cfg.profile_dir is None or spec.kind != "kvstore" or not spec.pids:
+        yield
+        return
+    directory = Path(cfg.profile_dir)
+    with profile.profiling(spec.pids, directory, f"{spec.name}-{phase}") as paths:
+        yield
+    summaries = {path.stem.rsplit("-", 1)[-1]: profile.summarize(path) for path in paths}
+    out.setdefault("profile", {})[phase] = summaries
+    note(profile.render(f"{spec.name} {phase}", summaries))
 
 
 def _loaded(spec: TargetSpec, cfg: SuiteConfig, out: dict[str, list[dict[str, Any]]]) -> None:

@@ -308,3 +308,24 @@ def test_progress_in_a_log_prints_few_lines() -> None:
     assert len(lines) == 4  # 25 %, 50 %, 75 %, done
     assert lines[-1].endswith("put: done p50 1 ms")
     assert "\r" not in stream.getvalue()
+
+
+def test_profile_summary_shares_self_and_kvstore_inclusive(tmp_path) -> None:  # noqa: ANN001
+    from bench import profile
+
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        "<module> (kvstore/__main__.py:1);run (kvstore/server/node.py:10);"
+        "commit (kvstore/storage/lmdb_store.py:380) 30\n"
+        "<module> (kvstore/__main__.py:1);select (selectors.py:468) 60\n"
+        "<module> (kvstore/__main__.py:1);run (kvstore/server/node.py:12);"
+        "ready (kvstore/raft/rawnode.py:5) 10\n"
+        "garbage line\n")
+    s = profile.summarize(raw)
+    assert s["samples"] == 100
+    assert s["self"][:2] == [[60.0, "select (selectors.py)"], [30.0, "commit (lmdb_store.py)"]]
+    incl = dict((frame, share) for share, frame in s["kvstore_inclusive"])
+    assert incl["<module> (__main__.py)"] == 100.0
+    assert incl["run (node.py)"] == 40.0  # counted once per stack, whatever the line
+    assert profile.summarize(tmp_path / "missing.txt") == {
+        "samples": 0, "self": [], "kvstore_inclusive": []}
