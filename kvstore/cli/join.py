@@ -20,6 +20,7 @@ the data dir belongs to that cluster. Every refusal is one line (click.ClickExce
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import click
@@ -29,6 +30,7 @@ from kvstore.client.membership import MemberInfo
 
 JOIN_SECONDS = 5.0  # asking the cluster on a first start
 RESTART_CHECK_SECONDS = 2.0  # the check on a restart; an absent cluster is fine then
+JOIN_RETRY_SECONDS = 0.2  # between member lists while this node is not in them yet
 CLUSTER_ID_FILE = "CLUSTER_ID"  # kvstore.server.identity's, not imported: server-only module
 
 
@@ -114,13 +116,23 @@ def join(endpoints: list[str], tls: TLSConfig | None, node_id: str | None, liste
     stored = stored_cluster_id(data_dir)
     if stored is not None:
         return _restart(endpoints, tls, node_id, listen_peer, data_dir, stored)
-    learned, members = ask_cluster(endpoints, tls, JOIN_SECONDS)
-    if cluster_id is not None and cluster_id != learned:
-        raise click.ClickException(
-            f"cannot join: the cluster at {','.join(endpoints)} is {learned}, not "
-            f"{cluster_id} (--cluster-id)")
-    me = find_self(members, node_id, listen_peer)
-    return Joined(me, learned, tuple((m.name, m.peer_address, m.learner) for m in members))
+    deadline = time.monotonic() + JOIN_SECONDS
+    while True:
+        learned, members = ask_cluster(endpoints, tls, JOIN_SECONDS)
+        if cluster_id is not None and cluster_id != learned:
+            raise click.ClickException(
+                f"cannot join: the cluster at {','.join(endpoints)} is {learned}, not "
+                f"{cluster_id} (--cluster-id)")
+        try:
+            me = find_self(members, node_id, listen_peer)
+        except click.ClickException:
+            # The member that answered may not have applied our addition yet (the add is
+            # answered once the leader applied it): ask again for a few seconds.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(JOIN_RETRY_SECONDS)
+            continue
+        return Joined(me, learned, tuple((m.name, m.peer_address, m.learner) for m in members))
 
 
 def _restart(endpoints: list[str], tls: TLSConfig | None, node_id: str | None,

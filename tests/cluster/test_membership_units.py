@@ -112,3 +112,29 @@ def test_add_node_copies_only_cluster_wide_settings() -> None:
             "--fault-injection", "--cluster-id", "c", "--snapshot-entries", "100"]
     assert _settings(args) == ["--tick-ms", "20", "--fault-injection",
                                "--snapshot-entries", "100"]
+
+
+def test_join_asks_again_while_the_answering_member_has_not_applied_the_add(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    """The add is answered once the leader applied it; a follower that answers the new
+    node's member list a moment later may not list it yet."""
+    from kvstore.cli import join as join_mod
+
+    answers = [[member("n1", 1)], [member("n1", 1)], [member("n1", 1), member("n4", 4)]]
+    asked = []
+
+    def ask(endpoints, tls, timeout):  # noqa: ANN001, ANN202
+        asked.append(1)
+        return "cid", answers[min(len(asked), len(answers)) - 1]
+
+    monkeypatch.setattr(join_mod, "ask_cluster", ask)
+    monkeypatch.setattr(join_mod, "JOIN_RETRY_SECONDS", 0.0)
+    joined = join_mod.join(["127.0.0.1:1"], None, "n4", "127.0.0.1:104", str(tmp_path), None)
+    assert joined.node_id == "n4" and len(asked) == 3
+    assert ("n4", "127.0.0.1:104", False) in joined.members
+
+    monkeypatch.setattr(join_mod, "JOIN_SECONDS", 0.0)
+    asked.clear()
+    answers[:] = [[member("n1", 1)]]
+    with pytest.raises(click.ClickException, match="is not a member"):
+        join_mod.join(["127.0.0.1:1"], None, "n4", "127.0.0.1:104", str(tmp_path), None)
