@@ -190,7 +190,7 @@ def restore_data_dir(path: str, data_dir: str, node_id: str, members: Sequence[M
     data dir that exists and is not empty, a damaged file, and a membership without
     `node_id`. Built in a temporary directory and renamed into place, so a failure
     leaves nothing behind."""
-    from kvstore.server.identity import CLUSTER_ID_FILE, check_cluster_id
+    from kvstore.server.identity import IdentityError, check_cluster_id, settle_cluster_id
     from kvstore.storage.lmdb_store import LmdbNodeStore
 
     if node_id not in {m.id for m in members}:
@@ -219,16 +219,13 @@ def restore_data_dir(path: str, data_dir: str, node_id: str, members: Sequence[M
                     store.revisions()[0] != header.revision:
                 raise BackupError("the backup file's header does not match its snapshot")
             store.reset_members(members)
+            settle_cluster_id(tmp, cid)  # with the store open: the data dir is locked
         finally:
             store.close()
-        with open(os.path.join(tmp, CLUSTER_ID_FILE), "w", encoding="utf-8") as f:
-            f.write(cid + "\n")
-            f.flush()
-            os.fsync(f.fileno())
         if os.path.isdir(data_dir):
             os.rmdir(data_dir)  # empty (checked above)
         os.replace(tmp, data_dir)
-    except StorageError as err:
+    except (StorageError, IdentityError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BackupError(f"restore failed: {err}") from None
     except BaseException:

@@ -64,19 +64,26 @@ SAFETY = {
 
 def first_catch(replay_seed: int | None, node_class: type[SimNode] = SimNode) -> SimulationFailure:
     cases = ci_cases() if replay_seed is None else [(n, replay_seed) for n in CLUSTER_SIZES]
+    return _first_catch_in(cases, "", replay_seed is not None, node_class=node_class)
+
+
+def _first_catch_in(cases: list[tuple[int, int]], kind: str, replaying: bool,
+                    **overrides: object) -> SimulationFailure:
+    """The first safety failure over `cases` ((nodes, seed) runs of `kind`: "" or
+    "churn "); skips a replayed seed that catches nothing, fails if no run catches."""
     for nodes, seed in cases:
         try:
-            run_seed(seed, nodes, node_class=node_class)
+            run_seed(seed, nodes, **overrides)
         except SimulationFailure as failure:
             if failure.invariant == "Liveness":
                 continue
             assert failure.invariant in SAFETY, f"not a safety catch:\n{failure}"
-            print(f"caught by {failure.invariant} at seed {seed} ({nodes} nodes): "
+            print(f"caught by {failure.invariant} at {kind}seed {seed} ({nodes} nodes): "
                   f"{failure.detail.splitlines()[0]}")
             return failure
-    if replay_seed is not None:
-        pytest.skip(f"seed {replay_seed} does not catch this mutation")
-    pytest.fail(f"the mutation survived all {len(cases)} CI runs")
+    if replaying:
+        pytest.skip(f"{kind}seed {cases[0][1]} does not catch this mutation")
+    pytest.fail(f"the mutation survived all {len(cases)} {kind or 'CI '}runs")
 
 
 # -- the core ---------------------------------------------------------------------------
@@ -340,19 +347,7 @@ def first_churn_catch(replay_seed: int | None) -> SimulationFailure:
     """Like first_catch, over membership-churn runs (tests/sim/reconfig.py)."""
     seeds = range(CHURN_SEEDS) if replay_seed is None else [replay_seed]
     cases = [(n, s) for n in CLUSTER_SIZES for s in seeds]
-    for nodes, seed in cases:
-        try:
-            run_seed(seed, nodes, reconfig=True)
-        except SimulationFailure as failure:
-            if failure.invariant == "Liveness":
-                continue
-            assert failure.invariant in SAFETY, f"not a safety catch:\n{failure}"
-            print(f"caught by {failure.invariant} at churn seed {seed} ({nodes} nodes): "
-                  f"{failure.detail.splitlines()[0]}")
-            return failure
-    if replay_seed is not None:
-        pytest.skip(f"churn seed {replay_seed} does not catch this mutation")
-    pytest.fail(f"the mutation survived all {len(cases)} churn runs")
+    return _first_catch_in(cases, "churn ", replay_seed is not None, reconfig=True)
 
 
 def test_learners_counted_for_commit(
