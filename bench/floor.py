@@ -28,6 +28,8 @@ from bench.localcluster import free_base_port
 from bench.procs import log_tail, start_process, stop_processes
 from bench.sysinfo import REPO_ROOT
 from kvstore.client import KVClient, KVError
+from kvstore.client.membership import MEMBER_LIST_PATH
+from kvstore.etcdpb import rpc_pb2 as etcd_pb
 from kvstore.v1 import kv_pb2, kv_pb2_grpc
 
 try:  # the options of a kvstore node's gRPC server, so that the floor's transport is the same
@@ -40,6 +42,8 @@ except ImportError:  # the server was reorganized: its values when this file was
     ]
 
 NODE_ID = "floor"
+# The one session every client of the floor gets (a kvstore write names its session).
+SESSION_ID = b"floor-session"
 # Reads return a value of the suite's default size so that they carry the same payload.
 READ_VALUE = b"v" * 16
 
@@ -68,24 +72,55 @@ class FloorKV(kv_pb2_grpc.KVServicer):
                              ) -> kv_pb2.CompareAndSwapResponse:
         return kv_pb2.CompareAndSwapResponse(header=self.header, succeeded=True)
 
+    async def RegisterSession(self, request: kv_pb2.RegisterSessionRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> kv_pb2.RegisterSessionResponse:
+        """The client opens a session before its first write (kvstore's write ids)."""
+        return kv_pb2.RegisterSessionResponse(header=self.header, client_id=SESSION_ID)
+
+    async def Alarm(self, request: kv_pb2.AlarmRequest, context: grpc.aio.ServicerContext
+                    ) -> kv_pb2.AlarmResponse:
+        return kv_pb2.AlarmResponse(header=self.header)
+
+    async def Range(self, request: kv_pb2.RangeRequest, context: grpc.aio.ServicerContext
+                    ) -> kv_pb2.RangeResponse:
+        return kv_pb2.RangeResponse(header=self.header)
+
+    async def Txn(self, request: kv_pb2.TxnRequest, context: grpc.aio.ServicerContext
+                  ) -> kv_pb2.TxnResponse:
+        return kv_pb2.TxnResponse(header=self.header,
+                                  result=etcd_pb.TxnResponse(succeeded=True))
+
+    async def Compact(self, request: kv_pb2.CompactRequest, context: grpc.aio.ServicerContext
+                      ) -> kv_pb2.CompactResponse:
+        return kv_pb2.CompactResponse(header=self.header)
+
+    def batch_result(self, op: kv_pb2.Op) -> kv_pb2.OpResult:
+        """The answer to one operation of a Batch: the unary call's answer."""
+        kind = op.WhichOneof("op")
+        if kind == "get":
+            return kv_pb2.OpResult(get=kv_pb2.GetResponse(
+                header=self.header, found=True, value=READ_VALUE))
+        if kind == "put":
+            return kv_pb2.OpResult(put=kv_pb2.PutResponse(header=self.header))
+        if kind == "delete":
+            return kv_pb2.OpResult(delete=kv_pb2.DeleteResponse(header=self.header,
+                                                                existed=True))
+        if kind == "cas":
+            return kv_pb2.OpResult(cas=kv_pb2.CompareAndSwapResponse(header=self.header,
+                                                                     succeeded=True))
+        if kind == "range":
+            return kv_pb2.OpResult(range=kv_pb2.RangeResponse(header=self.header))
+        if kind == "txn":
+            return kv_pb2.OpResult(txn=kv_pb2.TxnResponse(
+                header=self.header, result=etcd_pb.TxnResponse(succeeded=True)))
+        return kv_pb2.OpResult(code=grpc.StatusCode.UNIMPLEMENTED.value[0],
+                               message=f"the floor does not know batch operation {kind!r}")
+
     async def Batch(self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext
                     ) -> kv_pb2.BatchResponse:
         """The same answers, many per call, as the coalescing AsyncKVClient sends them."""
-        results = []
-        for op in request.ops:
-            kind = op.WhichOneof("op")
-            if kind == "get":
-                results.append(kv_pb2.OpResult(get=kv_pb2.GetResponse(
-                    header=self.header, found=True, value=READ_VALUE)))
-            elif kind == "put":
-                results.append(kv_pb2.OpResult(put=kv_pb2.PutResponse(header=self.header)))
-            elif kind == "delete":
-                results.append(kv_pb2.OpResult(delete=kv_pb2.DeleteResponse(
-                    header=self.header, existed=True)))
-            else:
-                results.append(kv_pb2.OpResult(cas=kv_pb2.CompareAndSwapResponse(
-                    header=self.header, succeeded=True)))
-        return kv_pb2.BatchResponse(results=results)
+        return kv_pb2.BatchResponse(results=[self.batch_result(op) for op in request.ops])
 
     async def Status(self, request: kv_pb2.StatusRequest, context: grpc.aio.ServicerContext
                      ) -> kv_pb2.StatusResponse:
@@ -93,10 +128,33 @@ class FloorKV(kv_pb2_grpc.KVServicer):
                                      leader_id=NODE_ID, leader_address=self.address)
 
 
+def member_list_handler(address: str) -> grpc.GenericRpcHandler:
+    """etcd's Cluster.MemberList, which kvstore's clients ask to follow membership changes
+    (after trouble, and every 30 s): the floor is the one voter, at its own address."""
+    member = etcd_pb.Member(ID=1, name=NODE_ID, peerURLs=[f"http://{address}"],
+                            clientURLs=[f"http://{address}"])
+
+    async def member_list(request: etcd_pb.MemberListRequest,
+                          context: grpc.aio.ServicerContext) -> etcd_pb.MemberListResponse:
+        return etcd_pb.MemberListResponse(members=[member])
+
+    service, method = MEMBER_LIST_PATH.strip("/").split("/")
+    return grpc.method_handlers_generic_handler(service, {
+        method: grpc.unary_unary_rpc_method_handler(
+            member_list, request_deserializer=etcd_pb.MemberListRequest.FromString,
+            response_serializer=etcd_pb.MemberListResponse.SerializeToString)})
+
+
+def add_floor_services(server: grpc.aio.Server, address: str) -> None:
+    """The floor's services on a grpc.aio server (also used by the unit tests)."""
+    kv_pb2_grpc.add_KVServicer_to_server(FloorKV(address), server)
+    server.add_generic_rpc_handlers((member_list_handler(address),))
+
+
 async def serve(listen: str) -> None:
     """Serve until SIGTERM/SIGINT, the way a kvstore node does (grpc.aio, same options)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    kv_pb2_grpc.add_KVServicer_to_server(FloorKV(listen), server)
+    add_floor_services(server, listen)
     if server.add_insecure_port(listen) == 0:
         raise SystemExit(f"cannot listen on {listen}")
     await server.start()
@@ -126,9 +184,10 @@ def floor_server(root: Path | None = None, start_timeout: float = 20.0) -> Itera
                 try:
                     client.put(b"ping", b"x")
                     break
-                except KVError:
+                except KVError as exc:
                     if time.monotonic() > deadline:
-                        raise RuntimeError("floor server did not answer") from None
+                        # The last error says why (e.g. an RPC the floor lacks).
+                        raise RuntimeError(f"floor server did not answer: {exc}") from None
         yield TargetSpec(name="floor", kind="floor", nodes=1, leader=address,
                          endpoints=(address,), followers=(address,), pids=(proc.pid,),
                          info={"server": "grpc.aio no-op KV service"})
