@@ -33,6 +33,8 @@ from kvstore.server.logs import setup_logging
 from kvstore.server.metrics import NodeCollector, NodeMetrics, node_registry
 from kvstore.server.metrics_http import MetricsServer, parse_metrics_url
 from kvstore.server.node import NodeDriver
+from kvstore.server.peer_frames import ALPN as PEER_ALPN
+from kvstore.server.peer_frames import PeerFrameServer
 from kvstore.server.peer_service import RaftPeerService, remove_incoming
 from kvstore.server.port_mux import PortMux
 from kvstore.server.tls import (
@@ -42,6 +44,8 @@ from kvstore.server.tls import (
     client_server_credentials,
     peer_channel_credentials,
     peer_server_credentials,
+    peer_stream_client_context,
+    peer_stream_server_context,
 )
 from kvstore.server.transport import GRPC_OPTIONS, PeerTransport
 from kvstore.state.membership import Member
@@ -77,6 +81,10 @@ async def _serve(config: NodeConfig) -> None:
         peer_creds = None if config.peer_tls is None else peer_server_credentials(config.peer_tls)
         peer_channel_creds = (None if config.peer_tls is None
                               else peer_channel_credentials(config.peer_tls))
+        stream_server_tls = (None if config.peer_tls is None
+                             else peer_stream_server_context(config.peer_tls, PEER_ALPN))
+        stream_client_tls = (None if config.peer_tls is None
+                             else peer_stream_client_context(config.peer_tls, PEER_ALPN))
     except TLSSetupError as err:
         raise StartupError(str(err)) from None
     try:
@@ -120,7 +128,7 @@ async def _serve(config: NodeConfig) -> None:
     gate = PeerGate(config.node_id, cluster_id, frozenset(peers), config.client_address,
                     removed=frozenset(store.removed_members()))
     transport = PeerTransport(peers, metadata=gate.outgoing(),
-                              credentials=peer_channel_creds)
+                              credentials=peer_channel_creds, tls=stream_client_tls)
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     # Metrics only with --listen-metrics: without them the driver's hooks are None.
     metrics = NodeMetrics(config.node_id) if config.listen_metrics else None
@@ -176,7 +184,14 @@ async def _serve(config: NodeConfig) -> None:
     try:
         grpc_port = _bind(client_server, "127.0.0.1:0", client_creds, "--listen")
         _bind(client_server, f"unix:{gateway_socket}", None, "--listen")
-        _bind(peer_server, config.listen_peer, peer_creds, "--listen-peer")
+        # The peer port likewise: Raft's frame streams are served on the event loop,
+        # gRPC (snapshots, Admin, the etcd API's forwarding) is spliced to an internal port.
+        peer_grpc_port = _bind(peer_server, "127.0.0.1:0", peer_creds, "--listen-peer")
+        frames = PeerFrameServer(gate, deliver, transport.receiving_blocked,
+                                 None if config.peer_tls is None else config.peer_tls.allowed_cn)
+        peer_mux = PortMux(config.listen_peer, peer_grpc_port, frames.handle,
+                           stream_server_tls, name="peer-port-mux")
+        peer_mux.bind()
         http_tls = (None if config.client_tls is None
                     else client_http_ssl_context(config.client_tls))
         backend = GatewayBackend(f"unix:{gateway_socket}")
@@ -192,10 +207,12 @@ async def _serve(config: NodeConfig) -> None:
         shutil.rmtree(gateway_dir, ignore_errors=True)
         if isinstance(err, StartupError):
             raise
-        raise StartupError(f"cannot listen on {config.listen} (--listen): {err}") from None
+        raise StartupError(f"cannot listen on {config.listen} or {config.listen_peer} "
+                           f"(--listen, --listen-peer): {err}") from None
     await client_server.start()
     await peer_server.start()
     mux.start()
+    peer_mux.start()
     transport.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -262,6 +279,7 @@ async def _serve(config: NodeConfig) -> None:
         await driver_task
     stop_task.cancel()
     await mux.stop()
+    await peer_mux.stop()
     if metrics_server is not None:
         await metrics_server.stop()
     await backend.close()

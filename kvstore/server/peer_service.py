@@ -26,7 +26,7 @@ from typing import BinaryIO
 import grpc
 
 from kvstore.raft.types import Message
-from kvstore.server.identity import PeerGate, Refused
+from kvstore.server.identity import PeerGate, RefusalLog, Refused
 from kvstore.server.outcomes import SnapshotRefused
 from kvstore.server.wire import message_from_pb
 from kvstore.v1 import raft_pb2, raft_pb2_grpc
@@ -55,6 +55,29 @@ def remove_incoming(directory: str) -> int:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             n += 1
     return n
+
+
+def deliver_batch(src: str, batch: raft_pb2.MessageBatch, refusals: RefusalLog,
+                  deliver: Callable[[Message], None],
+                  blocked: Callable[[str], bool] | None) -> None:
+    """Hand a batch from the admitted peer `src` to the node, message by message: one
+    that claims another sender or does not validate is dropped with a warning (once a
+    minute per kind), and the rest go on; everything is dropped while fault injection
+    blocks `src`. Shared by the gRPC stream and the frame stream (peer_frames.py)."""
+    if blocked is not None and blocked(src):
+        return
+    for pb in batch.messages:
+        claimed = getattr(pb, "from")
+        if claimed != src:
+            refusals.warn(f"spoof:{src}:{claimed}",
+                          f"dropped a message from {src} that claims to be from {claimed!r}")
+            continue
+        try:
+            m = message_from_pb(pb)
+        except ValueError as err:  # malformed: drop it, keep the stream
+            refusals.warn(f"malformed:{src}", f"dropped a malformed message from {src}: {err}")
+            continue
+        deliver(m)
 
 
 class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
@@ -92,22 +115,7 @@ class RaftPeerService(raft_pb2_grpc.RaftPeerServicer):
                 # Removed while its stream was open: end the stream with the answer that
                 # tells it so (the gate refuses it again when it reconnects).
                 await self._admit(context, "peer stream")
-            for pb in batch.messages:
-                claimed = getattr(pb, "from")
-                if claimed != src:
-                    refusals.warn(f"spoof:{src}:{claimed}",
-                                  f"dropped a message from {src} that claims to be from "
-                                  f"{claimed!r}")
-                    continue
-                if self._blocked is not None and self._blocked(src):
-                    continue
-                try:
-                    m = message_from_pb(pb)
-                except ValueError as err:  # malformed: drop it, keep the stream
-                    refusals.warn(f"malformed:{src}", f"dropped a malformed message from "
-                                                      f"{src}: {err}")
-                    continue
-                self._deliver(m)
+            deliver_batch(src, batch, refusals, self._deliver, self._blocked)
         return raft_pb2.StreamAck()
 
     async def InstallSnapshot(self, request_iterator, context):  # noqa: N802

@@ -84,11 +84,14 @@ def client_hello_alpn(data: bytes) -> list[str] | None:
 
 
 class PortMux:
-    """Accepts on the public client address and routes each connection (see above)."""
+    """Accepts on a public address and routes each connection (see above). The peer
+    port has one too: there the non-gRPC connections are Raft frame streams
+    (peer_frames.py), whose TLS is terminated here with the peer certificate and CA."""
 
     def __init__(self, address: str, grpc_port: int, gateway: Gateway | None,
-                 tls: ssl.SSLContext | None) -> None:
+                 tls: ssl.SSLContext | None, *, name: str = "client-port-mux") -> None:
         self.address = address
+        self.name = name
         self.grpc_port = grpc_port
         self.gateway = gateway
         self.tls = tls
@@ -113,9 +116,15 @@ class PortMux:
         sock.setblocking(False)
         self._sock = sock
 
+    @property
+    def port(self) -> int:
+        """The port bound (useful when bound to port 0)."""
+        assert self._sock is not None, "bind() first"
+        return int(self._sock.getsockname()[1])
+
     def start(self) -> None:
         assert self._sock is not None, "bind() first"
-        self._task = asyncio.create_task(self._accept_loop(), name="client-port-mux")
+        self._task = asyncio.create_task(self._accept_loop(), name=self.name)
 
     async def stop(self) -> None:
         """Stop accepting, end the gateway connections (a watch stream may be open), and
@@ -195,7 +204,7 @@ class PortMux:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, conn, ssl=self.tls)
         except (OSError, ssl.SSLError) as err:
-            log.info("HTTP client on %s failed its TLS handshake: %s", self.address, err)
+            log.info("client on %s failed its TLS handshake: %s", self.address, err)
             _close(conn)
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

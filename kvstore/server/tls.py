@@ -78,6 +78,36 @@ def peer_channel_credentials(tls: PeerTLS) -> grpc.ChannelCredentials:
                                         certificate_chain=cert)
 
 
+def peer_stream_server_context(tls: PeerTLS, alpn: str) -> ssl.SSLContext:
+    """The peer port's TLS for Raft frame streams (peer_frames.py), which the port's
+    multiplexer terminates: the same certificate, key and peer CA as the gRPC credentials
+    above, a client certificate required."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_peer_files(ctx, tls)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
+def peer_stream_client_context(tls: PeerTLS, alpn: str) -> ssl.SSLContext:
+    """This node's TLS when it dials a peer's frame stream: it presents its peer
+    certificate and checks the peer's against the peer CA and the address it dialled,
+    as the gRPC channel credentials do."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _load_peer_files(ctx, tls)
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
+def _load_peer_files(ctx: ssl.SSLContext, tls: PeerTLS) -> None:
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        ctx.load_verify_locations(tls.trusted_ca_file)
+    except (OSError, ssl.SSLError) as err:
+        raise TLSSetupError(f"peer TLS files (--peer-cert-file, --peer-key-file, "
+                            f"--peer-trusted-ca-file): {err}") from None
+
+
 def _peer_files(tls: PeerTLS) -> tuple[bytes, bytes, bytes]:
     return (
         _pem(tls.key_file, "--peer-key-file", "PRIVATE KEY"),

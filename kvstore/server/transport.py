@@ -1,16 +1,18 @@
-"""Peer transport: one long-lived gRPC client stream per peer, carrying MessageBatches.
+"""Peer transport: one long-lived frame stream per peer (peer_frames.py), carrying
+MessageBatches; snapshots and hash checks as gRPC calls to the same peer port.
 
 Raft messages are one-way and the protocol tolerates loss, so the sender never waits for
 the receiver: each turn's messages for a peer become one batch on a bounded queue; a task
-per peer writes batches to its stream and reconnects with backoff when the peer is down,
-dropping what it cannot deliver (Raft retransmits by its own rules).
+per peer writes what is queued to its stream in one socket write and reconnects with
+backoff when the peer is down, dropping what it cannot deliver (Raft retransmits by its
+own rules).
 
-Every stream and snapshot carries this node's identity as metadata (cluster id, node id,
-client address; see identity.py) and, with peer TLS, goes over mutual TLS. A peer that
-refuses us (another cluster, or we are not among its members) is a configuration error,
-not a network blip: it is logged as a warning, and retried slowly.
+Every stream and snapshot carries this node's identity (cluster id, node id, client
+address; see identity.py) and, with peer TLS, goes over mutual TLS. A peer that refuses
+us (another cluster, or we are not among its members) is a configuration error, not a
+network blip: it is logged as a warning, and retried slowly.
 
-The receiving side is peer_service.py.
+The receiving side is peer_frames.py (streams) and peer_service.py (snapshots).
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
 from kvstore.raft.types import Message
 from kvstore.server.identity import REMOVED_MEMBER, RefusalLog
+from kvstore.server.peer_frames import (
+    MAX_HELLO_BYTES,
+    FrameError,
+    PeerRefused,
+    decode_answer,
+    frame,
+    open_peer_stream,
+    read_frame,
+)
+from kvstore.server.port_mux import split_address
 from kvstore.server.wire import message_to_pb
 from kvstore.v1 import admin_pb2, admin_pb2_grpc, raft_pb2, raft_pb2_grpc
 
@@ -36,13 +49,11 @@ GRPC_OPTIONS = [
 ]
 
 _QUEUE_LIMIT = 256  # batches waiting per peer before new ones are dropped
-_CONNECT_TIMEOUT = 0.5  # seconds to wait for a connection before dropping the queue
+_CONNECT_TIMEOUT = 1.0  # seconds to connect and be admitted before dropping the queue
+_WRITE_BUFFER_LIMIT = 4 << 20  # bytes buffered for a peer before the sender waits
+_DRAIN_TIMEOUT = 5.0  # seconds a peer may take to read that much before we reconnect
 _REFUSED_BACKOFF = 2.0  # seconds between attempts at a peer that refuses us
 SNAPSHOT_CHUNK_BYTES = 1 << 20
-# A peer's refusal: it is not a transient failure, so it is reported and retried slowly.
-REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
-            grpc.StatusCode.UNAUTHENTICATED)
-
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -68,16 +79,20 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> g
 
 
 class PeerSender:
+    """Streams this node's messages for one peer as frames (peer_frames.py)."""
+
     def __init__(self, peer_id: str, address: str,
                  on_drop: Callable[[str], None] | None = None, *,
                  metadata: Metadata = (),
                  credentials: grpc.ChannelCredentials | None = None,
+                 tls: ssl.SSLContext | None = None,
                  refusals: RefusalLog | None = None) -> None:
         self.peer_id = peer_id
         self.address = address
         self._on_drop = on_drop
         self._metadata = metadata
-        self._credentials = credentials
+        self._credentials = credentials  # gRPC calls to the peer (snapshots, hashes)
+        self._tls = tls  # the frame stream's TLS (mutual), None in plaintext
         self._refusals = refusals or RefusalLog()
         self.queue: asyncio.Queue[raft_pb2.MessageBatch] = asyncio.Queue(_QUEUE_LIMIT)
         self.dropped = 0
@@ -111,46 +126,32 @@ class PeerSender:
         except asyncio.QueueFull:
             self._dropped()
 
-    async def _batches(self) -> AsyncIterator[raft_pb2.MessageBatch]:
-        while True:
-            batch = await self.queue.get()
-            # Coalesce whatever else is waiting into one write.
-            while not self.queue.empty() and len(batch.messages) < 4096:
-                batch.messages.extend(self.queue.get_nowait().messages)
-            yield batch
-
     async def _run(self) -> None:
         backoff = 0.05
+        host, port = split_address(self.address)
         while True:
-            channel = open_channel(self.address, self._credentials)
             refused = False
             try:
-                # Open the stream only on a connected channel: a stream started while the
-                # connection is still being set up swallows the first batch it takes.
-                await asyncio.wait_for(channel.channel_ready(), timeout=_CONNECT_TIMEOUT)
+                reader, writer = await asyncio.wait_for(
+                    open_peer_stream(host, port, self._metadata, self._tls), _CONNECT_TIMEOUT)
+            except PeerRefused as err:
+                refused = True
+                self._refused(err.code, str(err))
+            except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
+                    FrameError) as err:
+                log.debug("peer %s at %s not reachable: %s", self.peer_id, self.address, err)
+            else:
                 backoff = 0.05
-                stub = raft_pb2_grpc.RaftPeerStub(channel)
-                await stub.Stream(self._batches(), wait_for_ready=True, metadata=self._metadata)
-            except asyncio.CancelledError:
-                await channel.close()
-                raise
-            except TimeoutError:
-                log.debug("peer %s at %s not reachable", self.peer_id, self.address)
-            except grpc.aio.AioRpcError as err:
-                refused = err.code() in REFUSALS
-                if refused and REMOVED_MEMBER in (err.details() or "") and self.on_removed:
-                    self.on_removed()
-                if refused:
-                    self._refusals.warn(
-                        f"refused-by:{self.peer_id}:{err.code().name}",
-                        f"peer {self.peer_id} at {self.address} refused our stream: "
-                        f"{err.code().name}: {err.details()}")
-                else:
-                    log.debug("stream to %s ended: %s", self.peer_id, err.code())
-            finally:
-                await channel.close()
-            # Drop what piled up while the peer was unreachable (and the batch the broken
-            # stream may have swallowed); Raft resends once told.
+                try:
+                    await self._stream(reader, writer)
+                except PeerRefused as err:
+                    refused = True
+                    self._refused(err.code, str(err))
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, FrameError) as err:
+                    log.debug("stream to %s ended: %s", self.peer_id, err or type(err).__name__)
+                finally:
+                    writer.close()
+            # Drop what piled up while the peer was unreachable; Raft resends once told.
             n = 0
             while not self.queue.empty():
                 self.queue.get_nowait()
@@ -159,12 +160,56 @@ class PeerSender:
             await asyncio.sleep(_REFUSED_BACKOFF if refused else backoff)
             backoff = min(backoff * 2, 0.5)
 
+    def _refused(self, code: str, message: str) -> None:
+        if REMOVED_MEMBER in message and self.on_removed:
+            self.on_removed()
+        self._refusals.warn(f"refused-by:{self.peer_id}:{code}",
+                            f"peer {self.peer_id} at {self.address} refused our stream: "
+                            f"{code}: {message}")
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Write batches until the connection fails or the peer refuses us mid-stream
+        (it speaks only to do that, or closes)."""
+        listen = asyncio.create_task(self._listen(reader))
+        write = asyncio.create_task(self._write(writer))
+        try:
+            done, _ = await asyncio.wait({listen, write}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listen.cancel()
+            write.cancel()
+        for task in done:
+            task.result()  # raises why the stream ended
+        raise ConnectionError("stream ended")
+
+    @staticmethod
+    async def _listen(reader: asyncio.StreamReader) -> None:
+        answer = decode_answer(await read_frame(reader, MAX_HELLO_BYTES))
+        if answer is not None:
+            raise answer
+        raise FrameError("unexpected frame from the receiver")
+
+    async def _write(self, writer: asyncio.StreamWriter) -> None:
+        queue = self.queue
+        transport = writer.transport
+        while True:
+            batch = await queue.get()
+            frames = [frame(batch.SerializeToString())]
+            while not queue.empty() and len(frames) < 1024:  # what waits goes in one write
+                frames.append(frame(queue.get_nowait().SerializeToString()))
+            writer.write(b"".join(frames) if len(frames) > 1 else frames[0])
+            if transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+                # The peer is not reading fast enough: wait, but not forever (a peer that
+                # stopped reading must not wedge the stream; reconnecting re-probes it).
+                await asyncio.wait_for(writer.drain(), _DRAIN_TIMEOUT)
+
 
 class PeerTransport:
     def __init__(self, peers: dict[str, str], *, metadata: Metadata = (),
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._metadata = metadata
         self._credentials = credentials
+        self._tls = tls
         self.refusals = RefusalLog()
         self.senders = {pid: self._sender(pid, addr) for pid, addr in peers.items()}
         # Told when messages to a peer were lost, so replication to it re-probes.
@@ -184,7 +229,8 @@ class PeerTransport:
 
     def _sender(self, pid: str, addr: str) -> PeerSender:
         sender = PeerSender(pid, addr, self._report_drop, metadata=self._metadata,
-                            credentials=self._credentials, refusals=self.refusals)
+                            credentials=self._credentials, tls=self._tls,
+                            refusals=self.refusals)
         sender.on_removed = self._report_removed
         return sender
 

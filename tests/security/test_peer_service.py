@@ -15,7 +15,6 @@ import pytest
 from kvstore.raft.types import Message, MessageType
 from kvstore.server.identity import PeerGate
 from kvstore.server.peer_service import INCOMING_PREFIX, RaftPeerService, remove_incoming
-from kvstore.server.transport import PeerTransport
 from kvstore.server.wire import message_to_pb
 from kvstore.v1 import raft_pb2, raft_pb2_grpc
 
@@ -171,19 +170,3 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.02)
-
-
-async def test_the_sender_reports_a_refusal(
-    node: Node, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A node of another cluster dialling n1: n1 refuses, and the sender says so once."""
-    transport = PeerTransport({"n1": node.address}, metadata=_md("n2", cluster="other"))
-    transport.start()
-    try:
-        with caplog.at_level(logging.WARNING):
-            transport.send([Message(MessageType.HEARTBEAT, src="n2", dst="n1", term=1)])
-            await _until(lambda: "refused our stream" in caplog.text)
-    finally:
-        await transport.stop()
-    assert node.delivered == []
-    assert "FAILED_PRECONDITION" in caplog.text and "cluster c1" in caplog.text
