@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.drivers import AsyncDriver, TargetSpec, async_driver
-from bench.stats import split_evenly, summary_ms
+from bench.stats import cpu_ms_per_op, split_evenly, summary_ms
 from bench.sysinfo import MachineCpu, processes_cpu_seconds
 
 # Keys the reads pick from; the suite writes seq-0 .. seq-{READ_KEYSPACE-1} first.
@@ -163,6 +163,7 @@ def aggregate(op: str, in_flight: int, worker_results: list[dict[str, Any]], win
     if busy_cores is not None and client_cores is not None and server_cores is not None:
         other_cores = max(0.0, busy_cores - client_cores - server_cores)
     errors = [r["first_error"] for r in worker_results if r["first_error"]]
+    ops_per_s = ops / window_s if window_s else 0.0
     return {
         "op": op,
         "in_flight": in_flight,
@@ -171,10 +172,11 @@ def aggregate(op: str, in_flight: int, worker_results: list[dict[str, Any]], win
         "errors": sum(r["errors"] for r in worker_results),
         "first_error": errors[0] if errors else None,
         "window_s": window_s,
-        "ops_per_s": ops / window_s if window_s else 0.0,
+        "ops_per_s": ops_per_s,
         "latency_ms": summary_ms(latencies),
         "client_cpu_cores": client_cores,
         "server_cpu_cores": server_cores,
+        "server_cpu_ms_per_op": cpu_ms_per_op(server_cores, ops_per_s),
         "other_cpu_cores": other_cores,
         "machine_busy_cores": busy_cores,
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stats import ratio
+from bench.stats import cpu_ms_per_op, ratio
 
 Getter = Callable[[dict[str, Any]], float | None]
 DASH = "—"
@@ -44,6 +44,20 @@ def loaded(op: str, in_flight: int, key: str = "ops_per_s") -> Getter:
         for entry in target.get("throughput", {}).get(op, []):
             if entry.get("in_flight") == in_flight:
                 value = entry["latency_ms"].get(key) if key in ("p50", "p99") else entry.get(key)
+                return None if value is None or _nan(value) else float(value)
+        return None
+    return get
+
+
+def cpu_per_op(op: str, in_flight: int) -> Getter:
+    """The servers' CPU per operation (ms) of `op` at `in_flight`: servers' cores over the
+    window × 1000 / ops/s (computed when an older result lacks the field)."""
+    def get(target: dict[str, Any]) -> float | None:
+        for entry in target.get("throughput", {}).get(op, []):
+            if entry.get("in_flight") == in_flight:
+                value = entry.get("server_cpu_ms_per_op")
+                if value is None:
+                    value = cpu_ms_per_op(entry.get("server_cpu_cores"), entry.get("ops_per_s"))
                 return None if value is None or _nan(value) else float(value)
         return None
     return get
@@ -97,19 +111,32 @@ class TargetRule:
     missing_hint: str = ""
 
 
+ETCD_HINT = "run with --etcd"
+READS_HINT = "run with --etcd and 64 in --read-levels"
+
 RULES: tuple[TargetRule, ...] = (
     TargetRule("put-p50", "sequential put p50 ≤ etcd p50", "kvstore", "etcd",
-               latency("put", "p50"), 1.0, missing_hint="run with --etcd"),
+               latency("put", "p50"), 1.0, missing_hint=ETCD_HINT),
     TargetRule("put-p99", "sequential put p99 ≤ 1.5× etcd p99", "kvstore", "etcd",
                latency("put", "p99"), 1.5, missing_hint="run with --etcd"),
     TargetRule("lin-get-p50", "linearizable get p50 ≤ etcd p50", "kvstore", "etcd",
                latency("linearizable_get", "p50"), 1.0, missing_hint="run with --etcd"),
     TargetRule("stale-get-p50", "stale get p50 ≤ 1.2× floor p50", "kvstore", "floor",
                latency("stale_get", "p50"), 1.2, missing_hint="the floor was not run"),
+    TargetRule("put-ops-16", "put throughput at 16 in flight ≥ etcd", "kvstore", "etcd",
+               loaded("put", 16), 1.0, higher_is_better=True, missing_hint=ETCD_HINT),
     TargetRule("put-ops-64", "put throughput at 64 in flight ≥ etcd", "kvstore", "etcd",
                loaded("put", 64), 1.0, higher_is_better=True, missing_hint="run with --etcd"),
     TargetRule("put-ops-256", "put throughput at 256 in flight ≥ etcd", "kvstore", "etcd",
                loaded("put", 256), 1.0, higher_is_better=True, missing_hint="run with --etcd"),
+    TargetRule("put-cpu-1", "servers' CPU per put at 1 in flight ≤ etcd's", "kvstore",
+               "etcd", cpu_per_op("put", 1), 1.0, missing_hint=ETCD_HINT),
+    TargetRule("lin-get-ops-64", "linearizable get throughput at 64 in flight ≥ etcd "
+               "(reads keep their lead)", "kvstore", "etcd", loaded("linearizable_get", 64),
+               1.0, higher_is_better=True, missing_hint=READS_HINT),
+    TargetRule("stale-get-ops-64", "stale get throughput at 64 in flight ≥ etcd "
+               "(reads keep their lead)", "kvstore", "etcd", loaded("stale_get", 64), 1.0,
+               higher_is_better=True, missing_hint=READS_HINT),
     TargetRule("put-p50-5n", "5-node put p50 ≤ 1.3× 3-node p50", "kvstore-5", "kvstore-3",
                latency("put", "p50"), 1.3, missing_hint="the 5-node cluster runs in the full "
                "suite (--nodes 3,5)"),
@@ -180,6 +207,13 @@ def metric_rows(result: dict[str, Any]) -> list[tuple[str, str, Getter, str | No
     for level in cfg["read_levels"]:
         for op, label in (("linearizable_get", "linearizable get"), ("stale_get", "stale get")):
             rows.append((f"{label} ops/s, {level} in flight", "ops/s", loaded(op, level), None))
+    for level in cfg["levels"]:
+        rows.append((f"servers' CPU per put, {level} in flight (ms)", "ms",
+                     cpu_per_op("put", level), None))
+    for level in cfg["read_levels"]:
+        for op, label in (("linearizable_get", "linearizable get"), ("stale_get", "stale get")):
+            rows.append((f"servers' CPU per {label}, {level} in flight (ms)", "ms",
+                         cpu_per_op(op, level), None))
     return rows
 
 
@@ -187,20 +221,32 @@ def _bytes(n: int) -> str:
     return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
 
 
+def table_columns(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The main table's system columns (Roles fields) and its ratio columns (header,
+    numerator, denominator)."""
+    systems = ["kvstore", "etcd", "floor"]
+    ratios = [("kvstore/etcd", "kvstore", "etcd"), ("kvstore/floor", "kvstore", "floor")]
+    return systems, ratios
+
+
 def _main_table(result: dict[str, Any]) -> list[str]:
     roles = roles_of(result)
-    lines = [f"| metric | {roles.kvstore} | {roles.etcd} | floor | kvstore/etcd | kvstore/floor |",
-             "|---|---:|---:|---:|---:|---:|"]
+    systems, ratios = table_columns(result)
+    lines = ["| metric | " + " | ".join(getattr(roles, s) for s in systems) + " | "
+             + " | ".join(header for header, _, _ in ratios) + " |",
+             "|---|" + "---:|" * (len(systems) + len(ratios))]
     for label, unit, getter, nodes in metric_rows(result):
-        kv_name = f"kvstore-{nodes}" if nodes else roles.kvstore
-        etcd_name = f"etcd-{nodes}" if nodes else roles.etcd
-        kv = _value(result, kv_name, getter)
-        etcd = _value(result, etcd_name, getter)
-        floor = None if nodes else _value(result, roles.floor, getter)
-        if kv is None and etcd is None and floor is None:
+        if nodes:  # another cluster size: kvstore and etcd of that size only
+            names = {"kvstore": f"kvstore-{nodes}", "etcd": f"etcd-{nodes}"}
+        else:
+            names = {s: getattr(roles, s) for s in systems}
+        values = {s: _value(result, names[s], getter) if s in names else None
+                  for s in systems}
+        if all(v is None for v in values.values()):
             continue
-        lines.append(f"| {label} | {fmt(kv, unit)} | {fmt(etcd, unit)} | {fmt(floor, unit)} | "
-                     f"{fmt(ratio(kv, etcd), 'x')} | {fmt(ratio(kv, floor), 'x')} |")
+        cells = [fmt(values[s], unit) for s in systems]
+        cells += [fmt(ratio(values[a], values[b]), "x") for _, a, b in ratios]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -219,8 +265,8 @@ def _targets_table(verdicts: list[dict[str, Any]]) -> list[str]:
 
 def _load_table(result: dict[str, Any]) -> list[str]:
     lines = ["| system | operation | in flight | client procs | ops/s | p50 ms | p99 ms | errors "
-             "| client CPU | servers CPU | other CPU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| client CPU | servers CPU | other CPU | servers' CPU per op (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     count = 0
     for name, t in result.get("targets", {}).items():
         for op, entries in (t.get("throughput") or {}).items():
@@ -232,7 +278,8 @@ def _load_table(result: dict[str, Any]) -> list[str]:
                     f"{fmt(e['latency_ms']['p99'])} | {e['errors']} | "
                     f"{fmt(e['client_cpu_cores'], 'cores')} | "
                     f"{fmt(e['server_cpu_cores'], 'cores')} | "
-                    f"{fmt(e['other_cpu_cores'], 'cores')} |")
+                    f"{fmt(e['other_cpu_cores'], 'cores')} | "
+                    f"{fmt(cpu_per_op(op, e['in_flight'])(t))} |")
     return lines if count else []
 
 
@@ -272,7 +319,9 @@ def render_markdown(result: dict[str, Any], verdicts: list[dict[str, Any]] | Non
            f"{result.get('started_at', '?')})", "",
            f"Command: `{result.get('command', '?')}`", "", f"Machine: {machine_line(result)}", "",
            "Sequential figures: one blocking client, one operation at a time. Ratios are "
-           "kvstore/reference: below 1 is better for latency (ms), above 1 for ops/s.", ""]
+           "kvstore/reference: below 1 is better for latency (ms) and CPU per operation, "
+           "above 1 for ops/s. Servers' CPU per operation: the servers' CPU cores over the "
+           "measured window × 1000 / ops/s.", ""]
     out += _main_table(result)
     failed = {n: t["error"] for n, t in result.get("targets", {}).items() if "error" in t}
     for name, error in failed.items():
@@ -291,6 +340,8 @@ def render_markdown(result: dict[str, Any], verdicts: list[dict[str, Any]] | Non
 LATENCY_KEYS = ("n", "p50", "p90", "p99", "p99.9", "max")
 THROUGHPUT_KEYS = ("op", "in_flight", "processes", "ops", "errors", "window_s", "ops_per_s",
                    "latency_ms", "client_cpu_cores", "server_cpu_cores", "other_cpu_cores")
+# Keys added by a schema version (older results are still rendered without them).
+THROUGHPUT_KEYS_SINCE = {3: ("server_cpu_ms_per_op",)}
 
 
 def validate_result(result: dict[str, Any]) -> list[str]:
@@ -308,6 +359,9 @@ def validate_result(result: dict[str, Any]) -> list[str]:
         return problems
     if not str(result["schema"]).startswith("kvstore-bench/"):
         problems.append(f"unknown schema {result['schema']!r}")
+    version = _schema_version(result["schema"])
+    load_keys = THROUGHPUT_KEYS + tuple(k for since, keys in THROUGHPUT_KEYS_SINCE.items()
+                                        if version >= since for k in keys)
     for key in ("nodes", "value_size", "value_sizes", "levels", "read_levels", "processes",
                 "duration", "warmup"):
         if key not in result["config"]:
@@ -329,10 +383,17 @@ def validate_result(result: dict[str, Any]) -> list[str]:
         for op, entries in t.get("throughput", {}).items():
             for e in entries:
                 where = f"{name}.throughput.{op}[{e.get('in_flight', '?')}]"
-                problems += [f"{where} lacks {k!r}" for k in THROUGHPUT_KEYS if k not in e]
+                problems += [f"{where} lacks {k!r}" for k in load_keys if k not in e]
                 problems += [f"{where}.latency_ms lacks {k!r}" for k in LATENCY_KEYS
                              if k not in e.get("latency_ms", {})]
     return problems
+
+
+def _schema_version(schema: Any) -> int:
+    try:
+        return int(str(schema).rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 # --------------------------------------------------------------------------- plots

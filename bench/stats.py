@@ -76,3 +76,11 @@ def split_evenly(total: int, parts: int) -> list[int]:
         raise ValueError("parts must be positive")
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def cpu_ms_per_op(cores: float | None, ops_per_s: float | None) -> float | None:
+    """CPU time per operation in ms: `cores` busy over the window doing `ops_per_s`
+    (None when either is unknown or nothing completed)."""
+    if cores is None or not ops_per_s:
+        return None
+    return cores * 1000.0 / ops_per_s

@@ -29,7 +29,7 @@ from bench.progress import Progress, note
 from bench.stats import latency_entry, summary_ms
 from bench.sysinfo import fsync_latency, machine_facts
 
-SCHEMA = "kvstore-bench/2"
+SCHEMA = "kvstore-bench/3"
 PHASES: tuple[str, ...] = ("latency", "sizes", "throughput", "reads")
 
 
@@ -157,12 +157,17 @@ def _loaded(spec: TargetSpec, cfg: SuiteConfig, out: dict[str, list[dict[str, An
             note(f"  {entry['ops_per_s']:.0f} ops/s, p50 {entry['latency_ms']['p50']:.2f} ms, "
                  f"p99 {entry['latency_ms']['p99']:.2f} ms, client CPU "
                  f"{_cores(entry['client_cpu_cores'])}, servers {_cores(entry['server_cpu_cores'])}"
+                 f" ({_ms_per_op(entry['server_cpu_ms_per_op'])})"
                  + (f", {entry['errors']} errors ({entry['first_error']})"
                     if entry["errors"] else ""))
 
 
 def _cores(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f} cores"
+
+
+def _ms_per_op(value: float | None) -> str:
+    return "? ms CPU per op" if value is None else f"{value:.2f} ms CPU per op"
 
 
 def measure(spec: TargetSpec, cfg: SuiteConfig, everything: bool,

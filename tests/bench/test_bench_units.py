@@ -17,6 +17,7 @@ from bench.load import aggregate, job_key
 from bench.progress import Progress
 from bench.report import (
     RULES,
+    cpu_per_op,
     evaluate_targets,
     fmt,
     render_markdown,
@@ -25,6 +26,7 @@ from bench.report import (
 from bench.stats import (
     CDF_PERCENTILES,
     cdf_points,
+    cpu_ms_per_op,
     latency_entry,
     percentile,
     ratio,
@@ -122,12 +124,21 @@ def test_aggregate_sums_workers_and_accounts_cpu_in_cores() -> None:
     assert e["server_cpu_cores"] == pytest.approx(0.6)
     assert e["machine_busy_cores"] == pytest.approx(1.8)
     assert e["other_cpu_cores"] == pytest.approx(0.4)
+    # 0.6 cores for 200 ops/s: 3 ms of the servers' CPU per operation.
+    assert e["server_cpu_ms_per_op"] == pytest.approx(3.0)
 
 
 def test_aggregate_without_proc_readings() -> None:
     e = aggregate("stale_get", 1, [_worker(1, [0.001], 0.1)], 1.0, None, None, 2)
     assert e["server_cpu_cores"] is None and e["other_cpu_cores"] is None
     assert e["machine_busy_cores"] is None
+    assert e["server_cpu_ms_per_op"] is None
+
+
+def test_cpu_per_op_needs_cores_and_completed_operations() -> None:
+    assert cpu_ms_per_op(1.0, 250.0) == pytest.approx(4.0)
+    assert cpu_ms_per_op(None, 250.0) is None
+    assert cpu_ms_per_op(1.0, 0.0) is None
 
 
 # --------------------------------------------------------------------------- result document
@@ -147,16 +158,20 @@ def _tp(op: str, level: int, ops_per_s: float) -> dict:
 
 
 def _target(kind: str, nodes: int, put: tuple[float, float], lin: float, stale: float,
-            ops: dict[int, float] | None) -> dict:
+            ops: dict[int, float] | None,
+            reads: tuple[float, float] | None = (900.0, 1800.0)) -> dict:
+    """`reads`: linearizable and stale gets/s at 64 in flight (None: as through aetcd,
+    no reads under load and no value sizes)."""
     t: dict = {"kind": kind, "nodes": nodes, "leader": "127.0.0.1:1",
                "endpoints": ["127.0.0.1:1"], "info": {},
                "latency": {"put": _lat(*put), "linearizable_get": _lat(lin, lin * 2),
                            "stale_get": _lat(stale, stale * 2)}}
     if ops is not None:
+        t["throughput"] = {"put": [_tp("put", lvl, v) for lvl, v in ops.items()]}
+    if ops is not None and reads is not None:
         t["value_sizes"] = {str(s): _lat(put[0] + s / 65536, put[1]) for s in (16, 65536)}
-        t["throughput"] = {"put": [_tp("put", lvl, v) for lvl, v in ops.items()],
-                           "linearizable_get": [_tp("linearizable_get", 64, 900.0)],
-                           "stale_get": [_tp("stale_get", 64, 1800.0)]}
+        t["throughput"]["linearizable_get"] = [_tp("linearizable_get", 64, reads[0])]
+        t["throughput"]["stale_get"] = [_tp("stale_get", 64, reads[1])]
     return t
 
 
@@ -173,7 +188,8 @@ def _result(with_etcd: bool = True) -> dict:
                                              {1: 200.0, 16: 900.0, 64: 2000.0, 256: 2600.0})
     if with_etcd:
         result["targets"]["etcd-3"] = _target("etcd", 3, (5.0, 6.0), 1.2, 0.4,
-                                              {1: 400.0, 16: 1500.0, 64: 1900.0, 256: 3000.0})
+                                              {1: 400.0, 16: 1500.0, 64: 1900.0, 256: 3000.0},
+                                              reads=(800.0, 2000.0))
     result["targets"]["floor"] = _target("floor", 1, (0.5, 0.9), 0.5, 0.5,
                                          {1: 1300.0, 16: 1400.0, 64: 1400.0, 256: 1400.0})
     result["targets"]["kvstore-5"] = _target("kvstore", 5, (5.0, 12.0), 1.1, 0.6, None)
@@ -206,6 +222,15 @@ def test_validate_result_names_what_is_missing() -> None:
     assert validate_result(failed) == []
 
 
+def test_validate_result_wants_cpu_per_op_from_schema_3_only() -> None:
+    result = _result()
+    del result["targets"]["kvstore-3"]["throughput"]["put"][0]["server_cpu_ms_per_op"]
+    assert validate_result(result) == ["kvstore-3.throughput.put[1] lacks "
+                                       "'server_cpu_ms_per_op'"]
+    result["schema"] = "kvstore-bench/2"  # written before the field existed
+    assert validate_result(result) == []
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -224,6 +249,21 @@ def test_target_verdicts() -> None:
     assert verdicts["put-p50-5n"]["met"] is True  # 5.0 <= 1.3 * 4.0
     assert verdicts["put-p50-5n"]["target"] == "kvstore-5"
     assert verdicts["put-p50-5n"]["reference"] == "kvstore-3"
+    assert verdicts["put-ops-16"]["met"] is False  # 900 < 1500
+    # Servers' CPU per put at 1 in flight: 0.4 cores for 200 ops/s (2 ms) vs 400 (1 ms).
+    assert verdicts["put-cpu-1"]["value"] == pytest.approx(2.0)
+    assert verdicts["put-cpu-1"]["ratio"] == pytest.approx(2.0)
+    assert verdicts["put-cpu-1"]["met"] is False and not verdicts["put-cpu-1"]["higher_is_better"]
+    assert verdicts["lin-get-ops-64"]["met"] is True  # 900 >= 800
+    assert verdicts["stale-get-ops-64"]["met"] is False  # 1800 < 2000
+
+
+def test_cpu_per_op_of_an_older_result_is_computed_from_cores_and_ops() -> None:
+    target = _result()["targets"]["kvstore-3"]
+    assert cpu_per_op("put", 16)(target) == pytest.approx(0.4 * 1000 / 900)
+    del target["throughput"]["put"][1]["server_cpu_ms_per_op"]  # a kvstore-bench/2 entry
+    assert cpu_per_op("put", 16)(target) == pytest.approx(0.4 * 1000 / 900)
+    assert cpu_per_op("put", 1000)(target) is None
 
 
 def test_a_ratio_exactly_at_the_bound_meets_the_target() -> None:
@@ -275,6 +315,16 @@ def test_markdown_table_side_by_side_with_ratios() -> None:
             width = line.count("|")
         elif line.startswith("| put") or line.startswith("| linearizable"):
             assert line.count("|") == width
+
+
+def test_markdown_table_has_servers_cpu_per_op() -> None:
+    text = render_markdown(_result())
+    lines = text.splitlines()
+    cpu = next(line for line in lines if line.startswith("| servers' CPU per put, 1 in flight"))
+    assert [c.strip() for c in cpu.split("|")[2:7]] == ["2.00", "1.00", "0.308", "2.00×", "6.50×"]
+    assert any(line.startswith("| servers' CPU per stale get, 64 in flight") for line in lines)
+    load = next(line for line in lines if line.startswith("| kvstore-3 | put | 1 |"))
+    assert load.split("|")[-2].strip() == "2.00"  # servers' CPU per op, last column
 
 
 def test_markdown_reports_a_failed_system() -> None:
