@@ -8,10 +8,25 @@ Layout (named databases of one environment in the data directory):
     shard-NNN  user keys of shard NNN
 
 Why one environment: a single LMDB write transaction can then cover the new log entries,
-the hard state, the applied entries' effects, the applied index and the session table. One
-commit is one fsync, and a crash leaves either all of a batch or none of it, so an entry can
-never be applied twice or skipped, and nothing is acknowledged before it is on disk. The
-environment is always opened with sync=True and metasync=True.
+the hard state, the applied entries' effects, the applied index and the session table. A
+crash leaves either all of a batch or none of it, so an entry can never be applied twice or
+skipped, and nothing is acknowledged before it is on disk.
+
+Syncing (issue 15): the environment is opened with sync=True and metasync=False
+(MDB_NOMETASYNC): a commit writes its pages and fdatasyncs them, then writes the meta page
+without a second sync. LMDB documents that this keeps the database intact (atomic and
+consistent) and may undo the last committed transaction in a system crash. So every
+transaction that must be durable — new log entries, a new term or vote, snapshots,
+membership, compaction — is followed by an explicit env.sync(), which flushes the meta page
+too: the same two syncs as metasync=True. Only a transaction that does nothing but apply
+committed entries (and record the commit index, which need not be durable: see
+_votes_changed) skips it: the entries are already durable in the log of a quorum, and the applied
+index is in the same transaction as their effect, so if a crash undoes it the node applies
+them again from the log on restart, exactly once. That is the leader's write on the
+critical path of every client write (after the followers acknowledge), so it costs one sync
+instead of two. (MDB_NOSYNC, no sync at all, is not used: with it LMDB keeps integrity
+only if the filesystem preserves write order, which ext4 does not promise; MDB_WRITEMAP
+is not used either, so a stray write cannot reach the map.)
 
 Threading: persist_and_apply runs in a worker thread (asyncio.to_thread) while the event-loop
 thread reads. LMDB's MVCC gives each read its own consistent snapshot. The only in-memory
@@ -378,6 +393,8 @@ class LmdbNodeStore:
                 raise
             try:
                 txn.commit()  # fsync; LMDB frees the transaction whether or not it succeeds
+                if entries or _votes_changed(hard_state, view.hard_state):
+                    self._env.sync(True)  # the meta page too: see the module docstring
             except lmdb.Error as exc:
                 if is_out_of_space(exc):
                     raise OutOfSpaceError(f"out of space committing in {self.path}: {exc}"
@@ -409,6 +426,7 @@ class LmdbNodeStore:
                 for index in range(view.first_index, upto + 1):
                     txn.delete(_log_key(index), db=log)
                 txn.put(_COMPACTED, _PAIR.pack(upto, term), db=self._dbs[_META_DB])
+            self._env.sync(True)
             self._view = _View(upto + 1, view.last_index, view.hard_state, view.applied, term)
 
     def log_bytes(self) -> int:
@@ -452,6 +470,7 @@ class LmdbNodeStore:
                 txn.put(_APPLIED, _U64.pack(header.index), db=meta)
                 hs = hard_state if hard_state is not None else view.hard_state
                 txn.put(_HARD_STATE, _encode_hard_state(hs), db=meta)
+            self._env.sync(True)
             self._view = _View(header.index + 1, header.index, hs, header.index, header.term)
         return SnapshotMeta(header.index, header.term)
 
@@ -506,13 +525,18 @@ class LmdbNodeStore:
 
     def reset_members(self, members: Iterable[Member]) -> None:
         """Replace the recorded membership (a restore into a new cluster, offline)."""
-        with self._write_lock, self._env.begin(write=True) as txn:
-            membership.reset(_LmdbTxn(txn, self._dbs), members)
+        with self._write_lock:
+            with self._env.begin(write=True) as txn:
+                membership.reset(_LmdbTxn(txn, self._dbs), members)
+            self._env.sync(True)
 
     def seed_members(self, initial: Iterable[Member]) -> bool:
         """Record the initial membership unless one is recorded; True if it wrote it."""
-        with self._write_lock, self._env.begin(write=True) as txn:
-            return membership.seed(_LmdbTxn(txn, self._dbs), initial)
+        with self._write_lock:
+            with self._env.begin(write=True) as txn:
+                wrote = membership.seed(_LmdbTxn(txn, self._dbs), initial)
+            self._env.sync(True)
+            return wrote
 
     def lease(self, lease_id: int) -> int | None:
         """The granted TTL of a lease, or None if it does not exist."""
@@ -647,12 +671,19 @@ class LmdbNodeStore:
         self.close()
 
 
+def _votes_changed(new: HardState | None, old: HardState) -> bool:
+    """Whether `new` changes the term or the vote: those must be durable before a vote or
+    an append goes out. A new commit index alone need not be (etcd's MustSync rule): a
+    node that loses it learns it again from the leader."""
+    return new is not None and (new.term != old.term or new.vote != old.vote)
+
+
 def _open_env(path: str, map_size: int, machine: ShardedStateMachine,
               layout: tuple[int, int] | None = None) -> tuple[lmdb.Environment, dict[str, Any]]:
     """Open the environment and every named database (checking the recorded layout when
     `layout` = (shards, vnodes) is given)."""
     env = lmdb.open(path, map_size=map_size, max_dbs=MAX_SHARDS + 8,
-                    max_readers=MAX_READERS, subdir=True, sync=True, metasync=True, lock=True)
+                    max_readers=MAX_READERS, subdir=True, sync=True, metasync=False, lock=True)
     try:
         with env.begin(write=True) as txn:
             meta = env.open_db(_META_DB.encode(), txn=txn, create=True)
@@ -661,6 +692,7 @@ def _open_env(path: str, map_size: int, machine: ShardedStateMachine,
             dbs = {_META_DB: meta}
             for name in [_LOG_DB, *machine.db_names]:
                 dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+        env.sync(True)
     except BaseException:
         env.close()
         raise

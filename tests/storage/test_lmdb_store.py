@@ -314,3 +314,38 @@ def test_out_of_space_errors_are_told_apart_from_other_failures() -> None:
     assert is_out_of_space(OSError(errno.ENOSPC, "No space left on device"))
     assert not is_out_of_space(lmdb.CorruptedError("MDB_CORRUPTED"))
     assert not is_out_of_space(OSError(errno.EIO, "Input/output error"))
+
+
+class _CountingEnv:
+    """The store's LMDB environment, counting explicit syncs."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self.syncs = 0
+
+    def sync(self, force: bool = False) -> None:
+        self.syncs += 1
+        self._env.sync(force)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._env, name)
+
+
+def test_only_a_transaction_that_just_applies_skips_the_meta_sync(data_dir: Path) -> None:
+    """metasync=False: log entries, a new term or vote are synced in full (env.sync after
+    the commit); applying committed entries and recording the commit index is not, since
+    a crash that undoes it only makes the node apply them again from the durable log."""
+    put = _entries(1, 2)[0]
+    with LmdbNodeStore.open(data_dir) as store:
+        env = _CountingEnv(store._env)
+        store._env = env  # type: ignore[assignment]
+        store.persist_and_apply(HardState(1, "n1", 0), [put], [])
+        assert env.syncs == 1  # entries (and a vote)
+        store.persist_and_apply(HardState(1, "n1", 1), [], [put])
+        assert env.syncs == 1  # apply + commit index only
+        store.persist_and_apply(HardState(2, "", 1), [], [])
+        assert env.syncs == 2  # a new term
+        store._env = env._env
+    with LmdbNodeStore.open(data_dir) as store:  # what was written is all there
+        assert store.applied_index() == 1
+        assert store.initial_state() == HardState(2, "", 1)
