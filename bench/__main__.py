@@ -4,6 +4,9 @@
     python -m bench                # the full suite (3 and 5 nodes, sizes, 1..256 in flight)
     python -m bench --etcd         # the same, plus a local 3-node etcd cluster
 
+The main kvstore cluster and etcd are also measured through the etcd API with the aetcd
+client (kvstore-3-etcdapi, etcd-3-aetcd); --no-etcdapi skips that.
+
 Every system is started fresh on loopback with its data in a temporary directory, measured,
 and always stopped. Results go to bench/results/<time>-<mode>/: results.json, table.md and
 PNG plots; the table and the target verdicts are also printed. See bench/README.md.
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> SuiteConfig:
                     help="also start and measure a local etcd cluster (needs /usr/bin/etcd)")
     ap.add_argument("--etcd-bin", help="etcd binary (default: etcd on PATH, /usr/bin/etcd)")
     ap.add_argument("--no-floor", action="store_true", help="skip the no-op floor server")
+    ap.add_argument("--no-etcdapi", action="store_true",
+                    help="skip the etcd API runs through aetcd (kvstore-N-etcdapi, etcd-N-aetcd)")
     ap.add_argument("--nodes", type=_ints,
                     help="kvstore cluster sizes, the first being the main one (full: 3,5)")
     ap.add_argument("--phases", type=_phases, help=f"subset of {','.join(PHASES)}")
@@ -81,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> SuiteConfig:
     a = ap.parse_args(argv)
     base = QUICK if a.quick else FULL
     overrides = {
-        "etcd": a.etcd, "etcd_bin": a.etcd_bin, "floor": not a.no_floor, "nodes": a.nodes,
+        "etcd": a.etcd, "etcd_bin": a.etcd_bin, "floor": not a.no_floor,
+        "etcdapi": not a.no_etcdapi, "nodes": a.nodes,
         "phases": a.phases, "seq_puts": a.puts, "seq_reads": a.reads,
         "value_size": a.value_size, "value_sizes": a.value_sizes, "size_puts": a.size_puts,
         "levels": a.levels, "read_levels": a.read_levels, "processes": a.procs,

@@ -11,10 +11,13 @@ workloads in bench/suite.py and bench/load.py call `put`, `get` (linearizable) a
   same channel options. Writes and linearizable reads go to the leader (the best case for
   etcd, and what the kvstore client does after its first call); stale reads
   (`serializable=true`) are spread over the followers, like kvstore's.
+- Through the etcd API with a Python etcd client (aetcd, bench/aetcd_drivers.py), on
+  kvstore and on etcd alike: a TargetSpec with `client="aetcd"`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,10 +40,11 @@ class TargetSpec:
 
     `leader` takes writes and linearizable reads, `followers` serve stale reads (for the
     single-process floor server both are its one endpoint), `pids` are the server
-    processes whose CPU use is recorded.
+    processes whose CPU use is recorded. `client` is how the load generator talks to it:
+    "native" (kvstore's client; raw stubs for etcd) or "aetcd" (the etcd API through aetcd).
     """
 
-    name: str  # "kvstore-3", "kvstore-5", "etcd-3", "floor"
+    name: str  # "kvstore-3", "kvstore-5", "etcd-3", "floor", "kvstore-3-etcdapi", ...
     kind: str  # "kvstore" | "etcd" | "floor"
     nodes: int
     leader: str
@@ -48,6 +52,7 @@ class TargetSpec:
     followers: tuple[str, ...]
     pids: tuple[int, ...] = ()
     info: dict[str, str] = field(default_factory=dict)
+    client: str = "native"
 
     def ordered_endpoints(self) -> list[str]:
         """The leader first, so a client's first attempt needs no redirect."""
@@ -70,6 +75,40 @@ class AsyncDriver(Protocol):
     async def get(self, key: bytes) -> None: ...
     async def stale_get(self, key: bytes, follower: int) -> None: ...
     async def close(self) -> None: ...
+
+
+class TimedDriver(SyncDriver, Protocol):
+    """A blocking driver over an asyncio client that times a series inside its own event
+    loop (so that starting the loop for each call is not counted): the latencies (s) of
+    `op` on key(0..n-1), `progress(done)` after each."""
+
+    def timed(self, op: str, n: int, key: Callable[[int], bytes], value: bytes,
+              progress: Callable[[int], None]) -> list[float]: ...
+
+
+def call_sync(driver: SyncDriver, op: str, key: bytes, value: bytes, follower: int) -> None:
+    """One operation of OPS on a blocking driver (`follower` picks a stale read's node)."""
+    if op == "put":
+        driver.put(key, value)
+    elif op == "linearizable_get":
+        driver.get(key)
+    elif op == "stale_get":
+        driver.stale_get(key, follower)
+    else:
+        raise ValueError(f"unknown operation {op!r}")
+
+
+async def call_async(driver: AsyncDriver, op: str, key: bytes, value: bytes,
+                     follower: int) -> None:
+    """call_sync for an asyncio driver."""
+    if op == "put":
+        await driver.put(key, value)
+    elif op == "linearizable_get":
+        await driver.get(key)
+    elif op == "stale_get":
+        await driver.stale_get(key, follower)
+    else:
+        raise ValueError(f"unknown operation {op!r}")
 
 
 # --------------------------------------------------------------------------- kvstore / floor
@@ -175,9 +214,17 @@ class EtcdAsync:
 
 def sync_driver(spec: TargetSpec) -> SyncDriver:
     """The blocking driver for a target."""
+    if spec.client == "aetcd":
+        from bench.aetcd_drivers import AetcdSync
+
+        return AetcdSync(spec)
     return EtcdSync(spec) if spec.kind == "etcd" else KvstoreSync(spec)
 
 
 def async_driver(spec: TargetSpec) -> AsyncDriver:
     """The asyncio driver for a target (call from inside a running event loop)."""
+    if spec.client == "aetcd":
+        from bench.aetcd_drivers import AetcdAsync
+
+        return AetcdAsync(spec)
     return EtcdAsync(spec) if spec.kind == "etcd" else KvstoreAsync(spec)

@@ -63,7 +63,7 @@ def etcd_command(binary: str, name: str, data_dir: Path, client_port: int, peer_
     ]
 
 
-def _find_leader(endpoints: list[str], timeout: float) -> str | None:
+def find_leader(endpoints: list[str], timeout: float) -> str | None:
     """The client endpoint of the member every member agrees is leader, or None."""
     channels = [grpc.insecure_channel(ep, options=CHANNEL_OPTIONS) for ep in endpoints]
     try:
@@ -112,7 +112,7 @@ def local_etcd(nodes: int, root: Path, binary: str,
                                        f"{log_tail(directory / f'{name}.log')}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd elected no leader within {start_timeout:g}s")
-            leader = _find_leader(endpoints, timeout=1.0)
+            leader = find_leader(endpoints, timeout=1.0)
             if leader is None:
                 time.sleep(0.2)
         yield TargetSpec(

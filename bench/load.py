@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-from bench.drivers import AsyncDriver, TargetSpec, async_driver
+from bench.drivers import AsyncDriver, TargetSpec, async_driver, call_async
 from bench.stats import cpu_ms_per_op, split_evenly, summary_ms
 from bench.sysinfo import MachineCpu, processes_cpu_seconds
 
@@ -57,17 +57,6 @@ def job_key(op: str, proc: int, writer: int, i: int, keyspace: int) -> bytes:
     return b"seq-%d" % ((proc * 7919 + writer * 104729 + i) % keyspace)
 
 
-async def _call(driver: AsyncDriver, op: str, key: bytes, value: bytes, follower: int) -> None:
-    if op == "put":
-        await driver.put(key, value)
-    elif op == "linearizable_get":
-        await driver.get(key)
-    elif op == "stale_get":
-        await driver.stale_get(key, follower)
-    else:
-        raise ValueError(f"unknown operation {op!r}")
-
-
 async def run_job(driver: AsyncDriver, job: Job, proc: int) -> dict[str, Any]:
     """Run one job in this worker; returns counts, latencies (s) and CPU over the window."""
     value = os.urandom(job.value_size)
@@ -87,7 +76,7 @@ async def run_job(driver: AsyncDriver, job: Job, proc: int) -> dict[str, Any]:
             i += 1
             t0 = time.perf_counter()
             try:
-                await _call(driver, job.op, key, value, follower)
+                await call_async(driver, job.op, key, value, follower)
             except Exception as exc:  # any failure is counted, reported, and not fatal
                 if measure_from <= time.time() <= end:
                     errors += 1

@@ -77,11 +77,14 @@ class Roles:
     kvstore: str
     etcd: str
     floor: str = "floor"
+    kvstore_etcdapi: str = ""  # the main kvstore cluster through the etcd API with aetcd
+    etcd_aetcd: str = ""  # etcd through aetcd
 
 
 def roles_of(result: dict[str, Any]) -> Roles:
     main = result["config"]["nodes"][0]
-    return Roles(kvstore=f"kvstore-{main}", etcd=f"etcd-{main}")
+    return Roles(kvstore=f"kvstore-{main}", etcd=f"etcd-{main}",
+                 kvstore_etcdapi=f"kvstore-{main}-etcdapi", etcd_aetcd=f"etcd-{main}-aetcd")
 
 
 def _target(result: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -113,6 +116,7 @@ class TargetRule:
 
 ETCD_HINT = "run with --etcd"
 READS_HINT = "run with --etcd and 64 in --read-levels"
+AETCD_HINT = "the etcd API runs need aetcd (pip install -e '.[bench]') and no --no-etcdapi"
 
 RULES: tuple[TargetRule, ...] = (
     TargetRule("put-p50", "sequential put p50 ≤ etcd p50", "kvstore", "etcd",
@@ -140,6 +144,9 @@ RULES: tuple[TargetRule, ...] = (
     TargetRule("put-p50-5n", "5-node put p50 ≤ 1.3× 3-node p50", "kvstore-5", "kvstore-3",
                latency("put", "p50"), 1.3, missing_hint="the 5-node cluster runs in the full "
                "suite (--nodes 3,5)"),
+    TargetRule("etcdapi-put-p50", "etcd API (aetcd) put p50 ≤ 1.2× native client put p50",
+               "kvstore_etcdapi", "kvstore", latency("put", "p50"), 1.2,
+               missing_hint=AETCD_HINT),
 )
 
 
@@ -223,9 +230,15 @@ def _bytes(n: int) -> str:
 
 def table_columns(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """The main table's system columns (Roles fields) and its ratio columns (header,
-    numerator, denominator)."""
+    numerator, denominator): the etcd API (aetcd) ones only when the run has them."""
     systems = ["kvstore", "etcd", "floor"]
     ratios = [("kvstore/etcd", "kvstore", "etcd"), ("kvstore/floor", "kvstore", "floor")]
+    roles = roles_of(result)
+    targets = result.get("targets", {})
+    if roles.kvstore_etcdapi in targets or roles.etcd_aetcd in targets:
+        systems += ["kvstore_etcdapi", "etcd_aetcd"]
+        ratios += [("kvstore/etcd (aetcd)", "kvstore_etcdapi", "etcd_aetcd"),
+                   ("etcd API/native", "kvstore_etcdapi", "kvstore")]
     return systems, ratios
 
 
@@ -322,6 +335,9 @@ def render_markdown(result: dict[str, Any], verdicts: list[dict[str, Any]] | Non
            "kvstore/reference: below 1 is better for latency (ms) and CPU per operation, "
            "above 1 for ops/s. Servers' CPU per operation: the servers' CPU cores over the "
            "measured window × 1000 / ops/s.", ""]
+    if len(table_columns(result)[0]) > 3:
+        out += ["`-etcdapi` / `-aetcd`: the same running cluster measured again through the "
+                "etcd API with the aetcd client (sequential latency and puts under load).", ""]
     out += _main_table(result)
     failed = {n: t["error"] for n, t in result.get("targets", {}).items() if "error" in t}
     for name, error in failed.items():

@@ -7,6 +7,11 @@ read levels). The main kvstore cluster (3 nodes), etcd (same size) and the floor
 get every workload; other kvstore sizes (5 nodes) get the sequential latency only, which
 is what the 5-vs-3 target needs. Every system is started fresh, measured and stopped
 before the next one starts, so two never compete for the CPUs.
+
+The etcd API with a Python etcd client (aetcd): once the main kvstore cluster and etcd
+have had their native workloads, the same running system is measured again through aetcd
+(sequential put and gets, the put load levels) as `kvstore-N-etcdapi` and `etcd-N-aetcd`,
+one after the other, never at the same time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile
-from bench.drivers import SyncDriver, TargetSpec, sync_driver
+from bench.aetcd_drivers import CLIENT as AETCD
+from bench.aetcd_drivers import INSTALL_HINT as AETCD_HINT
+from bench.aetcd_drivers import aetcd_available
+from bench.drivers import SyncDriver, TargetSpec, TimedDriver, call_sync, sync_driver
 from bench.load import READ_KEYSPACE, LoadPool
 from bench.progress import Progress, note
 from bench.stats import latency_entry, summary_ms
@@ -42,6 +50,8 @@ class SuiteConfig:
     etcd: bool = False
     etcd_bin: str | None = None
     floor: bool = True
+    # The main kvstore cluster and etcd measured again through the etcd API with aetcd.
+    etcdapi: bool = True
     phases: tuple[str, ...] = PHASES
     value_size: int = 16
     seq_puts: int = 5000
@@ -68,18 +78,29 @@ QUICK = replace(FULL, mode="quick", nodes=(3,), seq_puts=1000, seq_reads=300, si
                 warmup=0.5, duration=1.5)
 
 
-def _timed(label: str, n: int, fn: Callable[[int], object]) -> list[float]:
-    """Run fn(0..n-1) back to back; the latency of each call in seconds."""
+def _series(driver: SyncDriver, label: str, n: int, op: str, key: Callable[[int], bytes],
+            value: bytes) -> list[float]:
+    """`op` on key(0..n-1) back to back (a stale get i goes to follower i); the latency of
+    each call in seconds. A driver over an asyncio client times them in its own loop."""
     progress = Progress(label, n)
-    out: list[float] = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        out.append(time.perf_counter() - t)
-        progress.update(i + 1)
+    if hasattr(driver, "timed"):
+        timed: TimedDriver = driver  # type: ignore[assignment]
+        out = timed.timed(op, n, key, value, progress.update)
+    else:
+        out = []
+        for i in range(n):
+            k = key(i)
+            t = time.perf_counter()
+            call_sync(driver, op, k, value, i)
+            out.append(time.perf_counter() - t)
+            progress.update(i + 1)
     s = summary_ms(out)
     progress.finish(f"p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms")
     return out
+
+
+def _seq_key(i: int) -> bytes:
+    return b"seq-%d" % (i % READ_KEYSPACE)
 
 
 def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[str, Any]:
@@ -92,8 +113,7 @@ def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[st
             driver.put(b"warm-%d" % i, value)
         if "latency" in cfg.phases:
             with _profiled(spec, cfg, "put", out):
-                put = _timed(f"{spec.name} put", cfg.seq_puts,
-                             lambda i: driver.put(b"seq-%d" % (i % READ_KEYSPACE), value))
+                put = _series(driver, f"{spec.name} put", cfg.seq_puts, "put", _seq_key, value)
             out["latency"] = {"put": latency_entry(put)}
         needs_keys = "latency" in cfg.phases or (everything and "reads" in cfg.phases)
         first_missing = min(cfg.seq_puts, READ_KEYSPACE) if "latency" in cfg.phases else 0
@@ -101,20 +121,18 @@ def _sequential(spec: TargetSpec, cfg: SuiteConfig, everything: bool) -> dict[st
             for i in range(first_missing, READ_KEYSPACE):  # reads must find their keys
                 driver.put(b"seq-%d" % i, value)
         if "latency" in cfg.phases:
-            lin = _timed(f"{spec.name} linearizable get", cfg.seq_reads,
-                         lambda i: driver.get(b"seq-%d" % (i % READ_KEYSPACE)))
-            stale = _timed(f"{spec.name} stale get ({len(spec.followers)} followers)",
-                           cfg.seq_reads,
-                           lambda i: driver.stale_get(b"seq-%d" % (i % READ_KEYSPACE), i))
+            lin = _series(driver, f"{spec.name} linearizable get", cfg.seq_reads,
+                          "linearizable_get", _seq_key, value)
+            stale = _series(driver, f"{spec.name} stale get ({len(spec.followers)} followers)",
+                            cfg.seq_reads, "stale_get", _seq_key, value)
             out["latency"]["linearizable_get"] = latency_entry(lin)
             out["latency"]["stale_get"] = latency_entry(stale)
         if everything and "sizes" in cfg.phases:
             out["value_sizes"] = {}
             for size in cfg.value_sizes:
-                big = b"s" * size
-                samples = _timed(f"{spec.name} put {size} B", cfg.size_puts,
-                                 lambda i, big=big, size=size:
-                                 driver.put(b"size-%d-%d" % (size, i % 100), big))
+                samples = _series(driver, f"{spec.name} put {size} B", cfg.size_puts, "put",
+                                  lambda i, size=size: b"size-%d-%d" % (size, i % 100),
+                                  b"s" * size)
                 out["value_sizes"][str(size)] = latency_entry(samples)
     finally:
         driver.close()
@@ -126,7 +144,8 @@ def _profiled(spec: TargetSpec, cfg: SuiteConfig, phase: str,
               out: dict[str, Any]) -> Iterator[None]:
     """Profile a kvstore target's nodes during the block (with --profile); the
     summaries go to out["profile"][phase] and are printed."""
-    if not cfg.profile or cfg.profile_dir is None or spec.kind != "kvstore" or not spec.pids:
+    if (not cfg.profile or cfg.profile_dir is None or spec.kind != "kvstore"
+            or spec.client != "native" or not spec.pids):
         yield
         return
     directory = Path(cfg.profile_dir)
@@ -137,12 +156,14 @@ def _profiled(spec: TargetSpec, cfg: SuiteConfig, phase: str,
     note(profile.render(f"{spec.name} {phase}", summaries))
 
 
-def _loaded(spec: TargetSpec, cfg: SuiteConfig, out: dict[str, list[dict[str, Any]]]) -> None:
-    """Throughput and latency under load from several client processes, into `out`."""
+def _loaded(spec: TargetSpec, cfg: SuiteConfig, out: dict[str, list[dict[str, Any]]],
+            reads: bool = True) -> None:
+    """Throughput and latency under load from several client processes, into `out`
+    (`reads` False: the put levels only)."""
     plan = []
     if "throughput" in cfg.phases:
         plan += [("put", level) for level in cfg.levels]
-    if "reads" in cfg.phases:
+    if reads and "reads" in cfg.phases:
         plan += [(op, level) for level in cfg.read_levels
                  for op in ("linearizable_get", "stale_get")]
     if not plan:
@@ -173,13 +194,17 @@ def _ms_per_op(value: float | None) -> str:
 def measure(spec: TargetSpec, cfg: SuiteConfig, everything: bool,
             entry: dict[str, Any]) -> None:
     """All workloads for one running system into `entry`, filled as they complete so that
-    a failure keeps what was measured before it; `everything` False means latency only."""
+    a failure keeps what was measured before it; `everything` False means latency only.
+    Through aetcd (spec.client): sequential latency and the put levels, no value sizes
+    and no reads under load."""
     entry.update({"kind": spec.kind, "nodes": spec.nodes, "leader": spec.leader,
-                  "endpoints": list(spec.endpoints), "info": spec.info})
-    entry.update(_sequential(spec, cfg, everything))
+                  "endpoints": list(spec.endpoints), "info": spec.info,
+                  "client": spec.client})
+    native = spec.client == "native"
+    entry.update(_sequential(spec, cfg, everything and native))
     if everything:
         entry["throughput"] = {}
-        _loaded(spec, cfg, entry["throughput"])
+        _loaded(spec, cfg, entry["throughput"], reads=native)
 
 
 @contextlib.contextmanager
@@ -191,23 +216,68 @@ def _data_root(cfg: SuiteConfig) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None
-             ) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]],
-                             bool]]:
-    """(name, start, everything) per system, in run order: the main kvstore cluster and etcd
-    back to back (similar background load), then the floor, then other cluster sizes."""
+@dataclass(frozen=True)
+class System:
+    """One system of the run plan: `start` runs it; `everything` False means latency only;
+    `etcdapi` names its second measurement through aetcd (None: none)."""
+
+    name: str
+    start: Callable[[], contextlib.AbstractContextManager[TargetSpec]]
+    everything: bool
+    etcdapi: str | None = None
+
+
+def etcdapi_name(name: str, kind: str) -> str:
+    """The target name of a system measured through aetcd: kvstore-3-etcdapi, etcd-3-aetcd."""
+    return f"{name}-etcdapi" if kind == "kvstore" else f"{name}-{AETCD}"
+
+
+def _systems(cfg: SuiteConfig, root: Path, etcd_bin: str | None) -> list[System]:
+    """The systems in run order: the main kvstore cluster and etcd back to back (similar
+    background load), then the floor, then other cluster sizes."""
     from bench.targets import floor_server, kvstore_cluster, local_etcd
 
     main, *others = cfg.nodes
-    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[TargetSpec]], bool]]
-    plan = [(f"kvstore-{main}", lambda: kvstore_cluster(main, root), True)]
+    kv, etcd = f"kvstore-{main}", f"etcd-{main}"
+    plan = [System(kv, lambda: kvstore_cluster(main, root), True,
+                   etcdapi_name(kv, "kvstore") if cfg.etcdapi else None)]
     if etcd_bin is not None:
-        plan.append((f"etcd-{main}", lambda: local_etcd(main, root, etcd_bin), True))
+        plan.append(System(etcd, lambda: local_etcd(main, root, etcd_bin), True,
+                           etcdapi_name(etcd, "etcd") if cfg.etcdapi else None))
     if cfg.floor:
-        plan.append(("floor", lambda: floor_server(root), True))
+        plan.append(System("floor", lambda: floor_server(root), True))
     for n in others:
-        plan.append((f"kvstore-{n}", lambda n=n: kvstore_cluster(n, root), False))
+        plan.append(System(f"kvstore-{n}", lambda n=n: kvstore_cluster(n, root), False))
     return plan
+
+
+@contextlib.contextmanager
+def _recorded(name: str, entry: dict[str, Any]) -> Iterator[None]:
+    """A failure of the block is recorded in `entry` and the run goes on (Ctrl-C stops it).
+    The partial figures stay in the JSON for forensics; the report ignores a system with
+    an error rather than compare half a run."""
+    try:
+        yield
+    except Exception as exc:
+        note(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _measure_etcdapi(spec: TargetSpec, cfg: SuiteConfig, name: str,
+                     result: dict[str, Any]) -> None:
+    """The running system again, through the etcd API with aetcd, as target `name`."""
+    from bench.targets import current_leader
+
+    entry: dict[str, Any] = {}
+    result["targets"][name] = entry
+    note(f"{name}: the same {spec.name} through the etcd API with aetcd")
+    with _recorded(name, entry):
+        now = current_leader(spec)
+        if now.leader != spec.leader:
+            note(f"{name}: the leader is now {now.leader}")
+        variant = replace(now, name=name, client=AETCD,
+                          info={**spec.info, "client": "aetcd (etcd API)"})
+        measure(variant, cfg, True, entry)
 
 
 def new_result(cfg: SuiteConfig, machine: dict[str, Any], started: float,
@@ -231,27 +301,27 @@ def run_suite(cfg: SuiteConfig, results_dir: Path) -> dict[str, Any]:
 
     started = time.time()
     etcd_bin = find_etcd(cfg.etcd_bin) if cfg.etcd else None  # fail before starting anything
+    if cfg.etcdapi and not aetcd_available():
+        note(f"the etcd API workloads are skipped: {AETCD_HINT}")
+        cfg = replace(cfg, etcdapi=False)
     with _data_root(cfg) as root:
         note("recording machine facts (fsync probe)")
         result = new_result(cfg, machine_facts(results_dir, root, etcd_bin), started,
                             sys.argv[1:])
-        for name, start, everything in _systems(cfg, root, etcd_bin):
-            note(f"{name}: starting")
+        for system in _systems(cfg, root, etcd_bin):
+            note(f"{system.name}: starting")
             t0 = time.monotonic()
             entry: dict[str, Any] = {}
-            result["targets"][name] = entry
-            try:
-                with start() as spec:
-                    note(f"{name}: up, leader {spec.leader}")
-                    measure(spec, cfg, everything, entry)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                # The partial figures stay in the JSON for forensics; the report ignores
-                # a system with an error rather than compare half a run.
-                note(f"{name}: FAILED: {type(exc).__name__}: {exc}")
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-            note(f"{name}: stopped ({time.monotonic() - t0:.0f} s)")
+            result["targets"][system.name] = entry
+            with _recorded(system.name, entry):
+                with system.start() as spec:
+                    note(f"{system.name}: up, leader {spec.leader}")
+                    measure(spec, cfg, system.everything, entry)
+                    if system.etcdapi is not None:
+                        _measure_etcdapi(spec, cfg, system.etcdapi, result)
+            if system.etcdapi is not None and system.etcdapi not in result["targets"]:
+                result["targets"][system.etcdapi] = {"error": f"not run: {system.name} failed"}
+            note(f"{system.name}: stopped ({time.monotonic() - t0:.0f} s)")
         # Neighbours' load changes during a run on a shared machine; record it at the end too.
         result["machine"]["fsync_ms_at_end"] = fsync_latency(root)
         result["machine"]["loadavg_at_end"] = list(os.getloadavg())

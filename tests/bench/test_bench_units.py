@@ -33,7 +33,7 @@ from bench.stats import (
     split_evenly,
     summary_ms,
 )
-from bench.suite import FULL, QUICK, new_result
+from bench.suite import FULL, QUICK, etcdapi_name, new_result
 
 # --------------------------------------------------------------------------- statistics
 
@@ -175,7 +175,7 @@ def _target(kind: str, nodes: int, put: tuple[float, float], lin: float, stale: 
     return t
 
 
-def _result(with_etcd: bool = True) -> dict:
+def _result(with_etcd: bool = True, with_etcdapi: bool = False) -> dict:
     machine = {"cores": 2, "cpu_model": "test", "python": "3.11", "grpcio": "1.85.1",
                "protobuf": "7", "etcd": "3.4.23" if with_etcd else None, "kvstore_git": "abc",
                "loadavg_at_start": [0.5, 0.4, 0.3],
@@ -190,6 +190,14 @@ def _result(with_etcd: bool = True) -> dict:
         result["targets"]["etcd-3"] = _target("etcd", 3, (5.0, 6.0), 1.2, 0.4,
                                               {1: 400.0, 16: 1500.0, 64: 1900.0, 256: 3000.0},
                                               reads=(800.0, 2000.0))
+    if with_etcdapi:
+        result["targets"]["kvstore-3-etcdapi"] = _target(
+            "kvstore", 3, (4.6, 11.0), 1.1, 0.8, {1: 190.0, 16: 700.0, 64: 900.0, 256: 950.0},
+            reads=None)
+    if with_etcdapi and with_etcd:
+        result["targets"]["etcd-3-aetcd"] = _target(
+            "etcd", 3, (5.5, 7.0), 1.3, 0.5, {1: 380.0, 16: 1400.0, 64: 1800.0, 256: 2800.0},
+            reads=None)
     result["targets"]["floor"] = _target("floor", 1, (0.5, 0.9), 0.5, 0.5,
                                          {1: 1300.0, 16: 1400.0, 64: 1400.0, 256: 1400.0})
     result["targets"]["kvstore-5"] = _target("kvstore", 5, (5.0, 12.0), 1.1, 0.6, None)
@@ -256,6 +264,16 @@ def test_target_verdicts() -> None:
     assert verdicts["put-cpu-1"]["met"] is False and not verdicts["put-cpu-1"]["higher_is_better"]
     assert verdicts["lin-get-ops-64"]["met"] is True  # 900 >= 800
     assert verdicts["stale-get-ops-64"]["met"] is False  # 1800 < 2000
+    assert verdicts["etcdapi-put-p50"]["met"] is None  # no aetcd run in this result
+    assert "aetcd" in verdicts["etcdapi-put-p50"]["note"]
+
+
+def test_etcd_api_put_p50_is_compared_with_the_native_client() -> None:
+    verdicts = {v["id"]: v for v in evaluate_targets(_result(with_etcdapi=True))}
+    v = verdicts["etcdapi-put-p50"]
+    assert (v["target"], v["reference"]) == ("kvstore-3-etcdapi", "kvstore-3")
+    assert v["ratio"] == pytest.approx(4.6 / 4.0) and v["met"] is True  # <= 1.2
+    assert v["bound"] == 1.2
 
 
 def test_cpu_per_op_of_an_older_result_is_computed_from_cores_and_ops() -> None:
@@ -317,14 +335,29 @@ def test_markdown_table_side_by_side_with_ratios() -> None:
             assert line.count("|") == width
 
 
-def test_markdown_table_has_servers_cpu_per_op() -> None:
-    text = render_markdown(_result())
+def test_markdown_table_with_cpu_per_op_and_etcd_api_columns() -> None:
+    text = render_markdown(_result(with_etcdapi=True))
     lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| metric"))
+    assert header == ("| metric | kvstore-3 | etcd-3 | floor | kvstore-3-etcdapi | etcd-3-aetcd "
+                      "| kvstore/etcd | kvstore/floor | kvstore/etcd (aetcd) | etcd API/native |")
+    row = next(line for line in lines if line.startswith("| put p50, sequential"))
+    assert row == ("| put p50, sequential, 16 B (ms) | 4.00 | 5.00 | 0.500 | 4.60 | 5.50 "
+                   "| 0.80× | 8.00× | 0.84× | 1.15× |")
     cpu = next(line for line in lines if line.startswith("| servers' CPU per put, 1 in flight"))
-    assert [c.strip() for c in cpu.split("|")[2:7]] == ["2.00", "1.00", "0.308", "2.00×", "6.50×"]
+    assert [c.strip() for c in cpu.split("|")[2:7]] == ["2.00", "1.00", "0.308", "2.11", "1.05"]
     assert any(line.startswith("| servers' CPU per stale get, 64 in flight") for line in lines)
-    load = next(line for line in lines if line.startswith("| kvstore-3 | put | 1 |"))
-    assert load.split("|")[-2].strip() == "2.00"  # servers' CPU per op, last column
+    sizes = next(line for line in lines if line.startswith("| put p50, 64 KiB values"))
+    assert [c.strip() for c in sizes.split("|")[5:7]] == ["—", "—"]  # not run through aetcd
+    five = next(line for line in lines if line.startswith("| put p50, 5 nodes"))
+    assert [c.strip() for c in five.split("|")[4:7]] == ["—", "—", "—"]
+    load = next(line for line in lines if line.startswith("| kvstore-3-etcdapi | put | 1 |"))
+    assert load.split("|")[-2].strip() == "2.11"  # servers' CPU per op, last column
+    start = lines.index(header)
+    table = lines[start:lines.index("", start)]
+    assert all(line.count("|") == header.count("|") for line in table)
+    # Without any aetcd target the table keeps its earlier columns.
+    assert "etcd API/native" not in render_markdown(_result())
 
 
 def test_markdown_reports_a_failed_system() -> None:
@@ -346,6 +379,44 @@ def test_quick_preset_and_overrides() -> None:
     assert cfg.levels == (1, 64) and cfg.processes == 3
     with pytest.raises(SystemExit):
         parse_args(["--phases", "nonsense"])
+    assert QUICK.etcdapi and not parse_args(["--quick", "--no-etcdapi"]).etcdapi
+
+
+def test_etcd_api_target_names() -> None:
+    assert etcdapi_name("kvstore-3", "kvstore") == "kvstore-3-etcdapi"
+    assert etcdapi_name("etcd-3", "etcd") == "etcd-3-aetcd"
+
+
+def test_sequential_series_times_inside_an_asyncio_drivers_loop() -> None:
+    from bench.suite import _series
+
+    class Blocking:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, bytes, int | None]] = []
+
+        def put(self, key: bytes, value: bytes) -> None:
+            self.calls.append(("put", key, None))
+
+        def get(self, key: bytes) -> None:
+            self.calls.append(("get", key, None))
+
+        def stale_get(self, key: bytes, follower: int) -> None:
+            self.calls.append(("stale", key, follower))
+
+        def close(self) -> None:
+            pass
+
+    class Looped(Blocking):
+        def timed(self, op, n, key, value, progress):  # noqa: ANN001, ANN202
+            self.calls.append((op, key(n - 1), n))
+            return [0.001] * n
+
+    blocking = Blocking()
+    assert len(_series(blocking, "t", 3, "stale_get", lambda i: b"k%d" % i, b"v")) == 3
+    assert blocking.calls == [("stale", b"k0", 0), ("stale", b"k1", 1), ("stale", b"k2", 2)]
+    looped = Looped()
+    assert _series(looped, "t", 4, "put", lambda i: b"k%d" % i, b"v") == [0.001] * 4
+    assert looped.calls == [("put", b"k3", 4)]  # timed by the driver, not call by call
 
 
 def test_progress_in_a_log_prints_few_lines() -> None:
