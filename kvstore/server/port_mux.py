@@ -14,10 +14,12 @@ It looks at the first bytes of each connection without consuming them (MSG_PEEK)
   still does TLS and the client-certificate check; for HTTP/1.1 Python's ssl terminates
   TLS with the same certificate, key and client-CA settings, then the gateway answers.
 
-A gRPC connection is spliced to the internal port by two threads doing blocking
-send/recv (the GIL is released while they wait), not by the node's event loop, which
-must stay free for Raft. The cost on the gRPC path is one loopback hop per message; the
-README gives the measured figure.
+A gRPC connection is spliced to the internal port on the event loop: a protocol on each
+side writes what it reads to the other, with flow control both ways. Two threads per
+connection doing blocking send/recv did this before; profiling the write path (issue 15)
+showed their wake-ups and GIL hand-overs costing more CPU per message than the two
+callbacks, and tail latency. The cost on the gRPC path is one loopback hop per message;
+`python -m bench.mux` measures it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import socket
 import ssl
 import struct
-import threading
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("kvstore.server.mux")
@@ -35,7 +36,6 @@ log = logging.getLogger("kvstore.server.mux")
 H2_PREFACE = b"PRI * HTTP/2.0"
 PEEK_TIMEOUT_SECONDS = 10.0  # a connection that says nothing this long is dropped
 MAX_CLIENT_HELLO = 16 * 1024
-SPLICE_CHUNK = 256 * 1024
 
 Gateway = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -97,8 +97,7 @@ class PortMux:
         self.tls = tls
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._spliced: set[asyncio.Transport] = set()  # both sides of gRPC connections
         self._routes: set[asyncio.Task[None]] = set()  # connections being routed or served
 
     def bind(self) -> None:
@@ -137,9 +136,8 @@ class PortMux:
             task.cancel()
         if self._routes:
             await asyncio.wait(list(self._routes), timeout=2.0)
-        with self._lock:
-            for conn in list(self._conns):
-                _close(conn)
+        for transport in list(self._spliced):
+            transport.close()
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,7 +166,7 @@ class PortMux:
             alpn = client_hello_alpn(head) or []
             grpc_conn = "h2" in alpn and "http/1.1" not in alpn
         if grpc_conn:
-            self._splice(conn)
+            await self._splice(conn)
         elif self.gateway is None:
             _close(conn)
         else:
@@ -218,45 +216,75 @@ class PortMux:
         finally:
             writer.close()
 
-    def _splice(self, conn: socket.socket) -> None:
-        """Pass the connection's bytes to and from the internal gRPC port in two threads."""
-        conn.setblocking(True)
+    async def _splice(self, conn: socket.socket) -> None:
+        """Pass the connection's bytes to and from the internal gRPC port, on the event
+        loop: each chunk is one read and one write in a protocol callback, with no thread
+        to wake and no GIL to hand over (threads doing this cost more per message)."""
+        loop = asyncio.get_running_loop()
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.grpc_port))
+            up_transport, up = await loop.create_connection(
+                _Splice, "127.0.0.1", self.grpc_port)
         except OSError as err:
             log.warning("cannot reach the internal gRPC port %d: %s", self.grpc_port, err)
             _close(conn)
             return
-        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._conns.update((conn, upstream))
-        finished = [0]
-        for src, dst in ((conn, upstream), (upstream, conn)):
-            threading.Thread(target=self._pump, args=(src, dst, finished), daemon=True,
-                             name="grpc-splice").start()
+        try:
+            down_transport, down = await loop.connect_accepted_socket(_Splice, conn)
+        except OSError:
+            up_transport.close()
+            _close(conn)
+            return
+        up.link(down_transport)
+        down.link(up_transport)
+        self._spliced.update((up_transport, down_transport))
+        up.on_lost = down.on_lost = self._spliced.discard
 
-    def _pump(self, src: socket.socket, dst: socket.socket, finished: list[int]) -> None:
-        """Copy src -> dst until src ends; the second direction to end closes both."""
-        try:
-            while True:
-                data = src.recv(SPLICE_CHUNK)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        with self._lock:
-            finished[0] += 1
-            last = finished[0] == 2
-            if last:
-                self._conns.difference_update((src, dst))
-        if last:
-            _close(src)
-            _close(dst)
+
+class _Splice(asyncio.Protocol):
+    """One side of a spliced connection: what it reads is written to the other side; a
+    full write buffer on one side pauses reading on the other; the end of either closes
+    both."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.other: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.on_lost: Callable[[asyncio.Transport], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def link(self, other: asyncio.Transport) -> None:
+        self.other = other
+        if self.pending:
+            other.write(b"".join(self.pending))
+            self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is not None:
+            self.other.write(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        if self.other is not None and self.other.can_write_eof():
+            self.other.write_eof()
+        return True  # half-closed: the other direction may still carry data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.other is not None:
+            self.other.close()
+        if self.on_lost is not None and self.transport is not None:
+            self.on_lost(self.transport)
+
+    def pause_writing(self) -> None:
+        if self.other is not None:
+            self.other.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None:
+            self.other.resume_reading()
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:
