@@ -37,6 +37,7 @@ state, never a mix, and never a state that is not yet durable.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
 import shutil
@@ -154,6 +155,32 @@ class _View:
     hard_state: HardState
     applied: int
     compacted_term: int = 0  # term of entry first_index - 1 (0 when nothing is compacted)
+    # Terms of the entries written since the store opened, as runs (first index, term)
+    # in index order, each lasting until the next (the last until last_index): the core
+    # asks for the term of recent entries several times per write (append consistency
+    # checks, the commit rule), and a read transaction and a record decode each time
+    # cost more than the rest of a follower's step.
+    term_runs: tuple[tuple[int, int], ...] = ()
+
+    def cached_term(self, index: int) -> int | None:
+        runs = self.term_runs
+        if not runs or index < runs[0][0] or index > self.last_index:
+            return None
+        return runs[bisect.bisect_right(runs, (index, _MAX_TERM)) - 1][1]
+
+
+_MAX_TERM = 1 << 64
+
+
+def _extend_runs(runs: tuple[tuple[int, int], ...],
+                 entries: Sequence[Entry]) -> tuple[tuple[int, int], ...]:
+    """`runs` with `entries` written (replacing whatever was at and after the first)."""
+    first = entries[0].index
+    out = [r for r in runs if r[0] < first]
+    for e in entries:
+        if not out or out[-1][1] != e.term:
+            out.append((e.index, e.term))
+    return tuple(out)
 
 
 class _LmdbTxn:
@@ -312,6 +339,9 @@ class LmdbNodeStore:
             raise StorageError(
                 f"log entry {index} is not in the log ({view.first_index}..{view.last_index})"
             )
+        cached = view.cached_term(index)
+        if cached is not None:
+            return cached
         with self._reading() as txn:
             return self._read_entry(txn, index).term
 
@@ -406,6 +436,7 @@ class LmdbNodeStore:
                 hard_state=hard_state if hard_state is not None else view.hard_state,
                 applied=applied,
                 compacted_term=view.compacted_term,
+                term_runs=_extend_runs(view.term_runs, entries) if entries else view.term_runs,
             )
             return results
 
@@ -427,7 +458,8 @@ class LmdbNodeStore:
                     txn.delete(_log_key(index), db=log)
                 txn.put(_COMPACTED, _PAIR.pack(upto, term), db=self._dbs[_META_DB])
             self._env.sync(True)
-            self._view = _View(upto + 1, view.last_index, view.hard_state, view.applied, term)
+            self._view = _View(upto + 1, view.last_index, view.hard_state, view.applied, term,
+                               view.term_runs)
 
     def log_bytes(self) -> int:
         """Bytes of LMDB pages holding the log (a measure of its on-disk size)."""

@@ -349,3 +349,18 @@ def test_only_a_transaction_that_just_applies_skips_the_meta_sync(data_dir: Path
     with LmdbNodeStore.open(data_dir) as store:  # what was written is all there
         assert store.applied_index() == 1
         assert store.initial_state() == HardState(2, "", 1)
+
+
+def test_recent_terms_come_from_memory_and_agree_with_the_log(data_dir: Path) -> None:
+    """term() of entries written since opening is answered from the view's runs of terms;
+    a replaced suffix replaces its runs; a reopened store (terms from LMDB) agrees."""
+    with LmdbNodeStore.open(data_dir) as store:
+        store.persist_and_apply(HardState(3, "n1", 0), _entries(1, 5, term=1), [])
+        store.persist_and_apply(None, _entries(5, 8, term=2), [])
+        store.persist_and_apply(None, _entries(6, 9, term=3), [])  # replaces 6..7
+        before = [store.term(i) for i in range(1, 9)]
+        assert store._view.term_runs == ((1, 1), (5, 2), (6, 3))
+    assert before == [1, 1, 1, 1, 2, 3, 3, 3]
+    with LmdbNodeStore.open(data_dir) as store:
+        assert store._view.term_runs == ()
+        assert [store.term(i) for i in range(1, 9)] == before
