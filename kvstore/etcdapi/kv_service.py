@@ -62,6 +62,7 @@ class EtcdKVService:
         mr.check_range(req, node.max_key_bytes)
         if req.serializable:
             node.check_local_read()
+            await node.driver.settled()
         else:
             await node.wait(node.driver.read_index(), context)
         try:
@@ -111,7 +112,8 @@ class EtcdKVService:
         if alarms and has_put(txn):
             raise KVRules.alarm_refusal(alarms[0].type)
         result = await node.wait(
-            node.driver.propose(commands.encode_txn(b"", 0, 0, txn)), context)
+            node.driver.propose(commands.encode_txn(b"", 0, 0, txn), answer_early=True),
+            context)
         if result.error:
             raise mvcc_failure(result.error)
         resp = pb.TxnResponse()

@@ -69,12 +69,15 @@ class KVService(kv_pb2_grpc.KVServicer):
             return await self._alarm(op, context)
         if op.write is not None:
             self.rules.check_alarms(method, self.store.alarms(), op)
-            result = await self._wait(self.driver.propose(op.write), context)
-            return self.rules.write_response(method, result, self._header())
+            result = await self._wait(self.driver.propose(op.write, answer_early=True),
+                                      context)
+            applied = max(self.driver.runtime.applied_index, result.index)
+            return self.rules.write_response(method, result, self._header(applied))
         if op.linearizable:
             await self._wait(self.driver.read_index(), context)
         else:
             self.rules.check_local_read(self.driver.runtime.resyncing)
+            await self.driver.settled()
         assert op.range is not None
         try:
             if method == "Get":

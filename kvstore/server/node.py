@@ -125,6 +125,11 @@ class NodeDriver:
         # peer gate and member book).
         self.on_membership: Callable[[list[Member]], None] | None = None
         self._membership_seen = self.runtime.membership_version
+        # Proposals that may be answered as soon as their results are computed, before the
+        # write applying them commits (see propose and NodeRuntime.answer_early).
+        self._early: set[asyncio.Future[ApplyResult]] = set()
+        # Done once the write behind answers given early is committed (see settled).
+        self._settling: asyncio.Future[None] | None = None
 
     @property
     def role(self) -> Role:
@@ -144,9 +149,18 @@ class NodeDriver:
         if self.runtime.deliver(msg):
             self._wake.set()
 
-    def propose(self, data: bytes) -> asyncio.Future[ApplyResult]:
-        """Queue a command for the next batch; the future resolves once it is applied."""
+    def propose(self, data: bytes, *, answer_early: bool = False
+                ) -> asyncio.Future[ApplyResult]:
+        """Queue a command for the next batch; the future resolves once it is applied —
+        with `answer_early`, once its result is computed, while the write applying it may
+        still be committing (the entry is committed, so durable on a quorum: see
+        NodeRuntime.answer_early). For key-value writes, whose answer is all the client
+        sees of them; this node's local reads wait for that write (settled()), so a read
+        here after the answer sees the write."""
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        if answer_early:
+            self._early.add(fut)
+            fut.add_done_callback(self._early.discard)
         if self.metrics is not None:
             self.metrics.proposal(fut)
         self.runtime.propose(data, fut)
@@ -199,6 +213,14 @@ class NodeDriver:
         since = self.runtime.lessor.start_keepalive(lease_id)
         await self.read_index()
         return self.runtime.lessor.keepalive(lease_id, since)
+
+    async def settled(self) -> None:
+        """Return once no write whose proposals were answered early is still committing:
+        a local (serializable) read must not see the state from before a write it may
+        have been told about (CONTRACT-NOTES 7: a stale read on the leader sees a put
+        once it returned)."""
+        while self._settling is not None:
+            await asyncio.shield(self._settling)
 
     async def wait_for_revision(self, revision: int, timeout: float,
                                 compacted: bool = False) -> int:
@@ -269,6 +291,7 @@ class NodeDriver:
                         self.metrics.leader_seen(plan.ready.soft_state.leader)
                     results = await self._carry_out(plan)
                     rt.finish(plan, results)
+                    self._settle()
                     if self.metrics is not None and plan.install is not None:
                         self.metrics.snapshot_installed()
                     if (results or plan.install is not None) and (
@@ -302,6 +325,7 @@ class NodeDriver:
             for task in self._snapshots_out.values():
                 task.cancel()
             rt.fail_all(LeadershipLost("node is shutting down"))
+            self._settle()
 
     async def _carry_out(self, plan: Plan) -> list[ApplyResult]:
         if plan.send_now:
@@ -315,6 +339,18 @@ class NodeDriver:
             self._send(plan.send_after)
         return results
 
+    def _answer_early(self, plan: Plan, results: list[ApplyResult]) -> None:
+        """On the loop, while the plan's write commits in the worker thread."""
+        if self.runtime.answer_early(plan, results, self._early.__contains__):
+            if self._settling is None:
+                self._settling = asyncio.get_running_loop().create_future()
+
+    def _settle(self) -> None:
+        if self._settling is not None:
+            if not self._settling.done():
+                self._settling.set_result(None)
+            self._settling = None
+
     async def _write(self, plan: Plan) -> list[ApplyResult]:
         """The plan's durable write. Fail-stop on a storage error (an exception propagates
         and ends the node), except when the disk or the LMDB map is full: that write
@@ -323,7 +359,8 @@ class NodeDriver:
         delay = OUT_OF_SPACE_RETRY_SECONDS
         while True:
             try:
-                results = await asyncio.to_thread(self._execute_write, plan)
+                results = await asyncio.to_thread(self._execute_write, plan,
+                                                  self._early_hook(plan))
             except OutOfSpaceError as err:
                 if self._stopping:
                     raise
@@ -338,13 +375,23 @@ class NodeDriver:
                 self.out_of_space = ""
             return results
 
-    def _execute_write(self, plan: Plan) -> list[ApplyResult]:
+    def _early_hook(self, plan: Plan) -> Callable[[list[ApplyResult]], None] | None:
+        """What the worker thread calls with the results before committing, if any of the
+        plan's entries may be answered early."""
+        if not self._early or not plan.ready.committed:
+            return None
+        loop = asyncio.get_running_loop()
+        return lambda results: loop.call_soon_threadsafe(self._answer_early, plan, results)
+
+    def _execute_write(self, plan: Plan,
+                       on_applied: Callable[[list[ApplyResult]], None] | None = None,
+                       ) -> list[ApplyResult]:
         """execute_write, timed for metrics in the worker thread itself, so the duration
         is the write's and not the wait for a thread or for the event loop."""
         if self.metrics is None:
-            return execute_write(self.store, plan)
+            return execute_write(self.store, plan, on_applied)
         start = time.perf_counter()
-        results = execute_write(self.store, plan)
+        results = execute_write(self.store, plan, on_applied)
         self.metrics.durable_write(time.perf_counter() - start)
         return results
 

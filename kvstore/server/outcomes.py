@@ -64,18 +64,22 @@ def resolve_applied(
         if entry_waiter is None:
             continue
         term, fut = entry_waiter
-        if fut.done():
-            continue
-        result = by_index.get(e.index)
-        if e.term != term or result is None:
-            fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
-        elif result.stale:
-            fut.set_exception(StaleRequest("write id older than its session remembers"))
-        elif result.alarm:
-            fut.set_exception(AlarmRefused(result.alarm))
-        elif result.expired:
-            fut.set_exception(SessionExpired(
-                "client session not found (evicted or never registered); not applied now, "
-                "an earlier attempt may have been: register a new session"))
-        else:
-            fut.set_result(result)
+        resolve_one(fut, e, term, by_index.get(e.index))
+
+
+def resolve_one(fut: Waiter, entry: Entry, term: int, result: ApplyResult | None) -> None:
+    """Answer one proposal (proposed in `term`) from the outcome of applying `entry`."""
+    if fut.done():
+        return
+    if entry.term != term or result is None:
+        fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
+    elif result.stale:
+        fut.set_exception(StaleRequest("write id older than its session remembers"))
+    elif result.alarm:
+        fut.set_exception(AlarmRefused(result.alarm))
+    elif result.expired:
+        fut.set_exception(SessionExpired(
+            "client session not found (evicted or never registered); not applied now, "
+            "an earlier attempt may have been: register a new session"))
+    else:
+        fut.set_result(result)

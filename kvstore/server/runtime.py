@@ -55,6 +55,7 @@ from kvstore.server.outcomes import (
     SnapshotRefused,
     Waiter,
     resolve_applied,
+    resolve_one,
 )
 from kvstore.server.reconfig import MembershipRefused
 from kvstore.state import commands, membership
@@ -76,7 +77,9 @@ class NodeStore(LogStorage, Protocol):
     """What a node needs of its durable store (LmdbNodeStore, MemoryNodeStore)."""
 
     def persist_and_apply(
-        self, hard_state: HardState | None, entries: tuple[Entry, ...], committed: tuple[Entry, ...]
+        self, hard_state: HardState | None, entries: tuple[Entry, ...],
+        committed: tuple[Entry, ...],
+        on_applied: Callable[[list[ApplyResult]], None] | None = None,
     ) -> list[ApplyResult]: ...
 
     def applied_index(self) -> int: ...
@@ -146,17 +149,21 @@ class Plan:
         return self.ready.must_sync or bool(self.ready.committed)
 
 
-def execute_write(store: NodeStore, plan: Plan) -> list[ApplyResult]:
+def execute_write(store: NodeStore, plan: Plan,
+                  on_applied: Callable[[list[ApplyResult]], None] | None = None,
+                  ) -> list[ApplyResult]:
     """The durable part of a plan: install a received snapshot, then persist hard state and
-    entries and apply committed entries (one transaction in LmdbNodeStore). Raises on a
-    storage failure, which is fatal to the node (fail-stop)."""
+    entries and apply committed entries (one transaction in LmdbNodeStore). `on_applied`
+    is told the results once computed, before the commit (NodeDriver answers some writes
+    then: see NodeRuntime.answer_early). Raises on a storage failure, which is fatal to the
+    node (fail-stop)."""
     rd = plan.ready
     hard_state = rd.hard_state
     if rd.snapshot is not None:
         store.install_snapshot(rd.snapshot.data, hard_state)
         hard_state = None
     if hard_state is not None or rd.entries or rd.committed:
-        return store.persist_and_apply(hard_state, rd.entries, rd.committed)
+        return store.persist_and_apply(hard_state, rd.entries, rd.committed, on_applied)
     return []
 
 
@@ -471,6 +478,32 @@ class NodeRuntime:
         )
         self._in_plan = plan
         return plan
+
+    def answer_early(self, plan: Plan, results: Sequence[ApplyResult],
+                     eligible: Callable[[Waiter], bool]) -> int:
+        """Answer the `eligible` proposals among the plan's committed entries from their
+        results while the write that applied them is not yet committed; returns how many.
+
+        Sound because a committed entry is already durable in the logs of a quorum: the
+        write that applies it only records its effect here, and if that write fails the
+        node stops (fail-stop) and applies the entry again from its log on restart, with
+        the same outcome (apply is deterministic and the session table is in the same
+        transaction). What the caller must still do is keep readers of this node's local
+        state from seeing the state before the write is committed (NodeDriver.settled);
+        ReadIndex reads wait for `applied_index`, which moves only in finish()."""
+        assert plan is self._in_plan, "answer_early() takes the plan in progress"
+        by_index = {r.index: r for r in results}
+        answered = 0
+        for e in plan.ready.committed:
+            entry_waiter = self._waiting_entries.get(e.index)
+            if entry_waiter is None:
+                continue
+            term, fut = entry_waiter
+            if fut.done() or not eligible(fut):
+                continue
+            resolve_one(fut, e, term, by_index.get(e.index))
+            answered += 1
+        return answered
 
     def finish(self, plan: Plan, results: Sequence[ApplyResult]) -> None:
         """The plan was carried out (its write is durable, `results` are the applied

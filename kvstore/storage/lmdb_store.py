@@ -376,10 +376,12 @@ class LmdbNodeStore:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         committed: Sequence[Entry],
+        on_applied: Callable[[list[ApplyResult]], None] | None = None,
     ) -> list[ApplyResult]:
         """In ONE LMDB write transaction (one fsync): replace the log from entries[0].index
         on, write `entries`, record `hard_state` if given, apply `committed` in order, and
-        record the applied index and sessions.
+        record the applied index and sessions. `on_applied`, if given, is called with the
+        results once they are computed, before the commit (from this thread).
 
         Returns one ApplyResult per entry applied now, in index order. Committed entries at
         or below the stored applied index are skipped (already applied); they may also be
@@ -414,6 +416,8 @@ class LmdbNodeStore:
                 applied = to_apply[-1].index if to_apply else view.applied
                 if to_apply:
                     txn.put(_APPLIED, _U64.pack(applied), db=meta)
+                if on_applied is not None and results:
+                    on_applied(results)
             except BaseException as exc:
                 txn.abort()
                 if isinstance(exc, lmdb.Error):

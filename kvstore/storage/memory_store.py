@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from kvstore.etcdpb import kv_pb2, rpc_pb2
 from kvstore.raft.types import Entry, HardState, SnapshotMeta
@@ -86,6 +86,7 @@ class MemoryNodeStore:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         committed: Sequence[Entry],
+        on_applied: Callable[[list[ApplyResult]], None] | None = None,
     ) -> list[ApplyResult]:
         """Replace the log from entries[0].index on, record hard_state, apply `committed`.
 
@@ -105,6 +106,8 @@ class MemoryNodeStore:
         )
         txn = DictTxn(self._dbs)
         results = self.machine.apply_batch(txn, to_apply)
+        if on_applied is not None and results:
+            on_applied(results)
         # Nothing below can fail: commit.
         if entries:
             del self._log[entries[0].index - first :]
