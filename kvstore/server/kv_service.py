@@ -58,7 +58,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         remaining = context.time_remaining()
         timeout = DEFAULT_WAIT_SECONDS if remaining is None else max(remaining, 0.0)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # no task per request, as wait_for makes
+                return await fut
         except Exception as err:  # noqa: BLE001 - mapped to a status, or re-raised
             raise self.rules.failure(err) from None
 
