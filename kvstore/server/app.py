@@ -16,7 +16,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 
@@ -69,7 +70,24 @@ class StartupError(Exception):
 def serve(config: NodeConfig) -> None:
     """Run a node in the foreground until SIGTERM/SIGINT. Raises StartupError."""
     setup_logging(config.node_id, config.log_format, sys.stderr)
-    asyncio.run(_serve(config))
+    run_event_loop(_serve(config))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the node on uvloop (libuv's event loop, in C) when it is installed, as it is
+    with kvstore's dependencies on Linux and macOS; else on asyncio's own loop. Measured
+    on a 3-node cluster (issue 15): sequential put p50 3.12-3.20 -> 2.62-2.85 ms and the
+    servers' CPU per put 3.7 -> 2.9-3.1 ms, throughput +4-10%. KVSTORE_EVENT_LOOP=asyncio
+    chooses asyncio's loop (to compare, or to rule uvloop out when debugging)."""
+    if os.environ.get("KVSTORE_EVENT_LOOP", "") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def _serve(config: NodeConfig) -> None:

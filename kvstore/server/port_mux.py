@@ -252,8 +252,7 @@ class _Splice(asyncio.Protocol):
         self.on_lost: Callable[[asyncio.Transport], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
 
     def link(self, other: asyncio.Transport) -> None:
         self.other = other
