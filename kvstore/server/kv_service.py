@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from kvstore.server import trace
 from kvstore.server.config import NodeConfig
 from kvstore.server.kv_rules import KVRules, Operation, RequestError
 from kvstore.server.node import NodeDriver
@@ -104,8 +105,13 @@ class KVService(kv_pb2_grpc.KVServicer):
         return self.rules.alarm_response(self.store.alarms(), self._header())
 
     async def _unary(self, method: str, request: Any, context) -> Any:
+        if trace.ON:
+            trace.event("rpc-in")
         try:
-            return await self._execute(method, request, context)
+            response = await self._execute(method, request, context)
+            if trace.ON:
+                trace.event("rpc-out")
+            return response
         except RequestError as a:
             if a.metadata:
                 context.set_trailing_metadata(a.metadata)

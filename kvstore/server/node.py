@@ -21,6 +21,7 @@ from typing import Protocol
 
 from kvstore.raft.rawnode import Status
 from kvstore.raft.types import Message, Role, SnapshotMeta
+from kvstore.server import trace
 from kvstore.server.outcomes import LeadershipLost, SessionExpired, StaleRequest, resolve_applied
 from kvstore.server.reconfig import MembershipRefused
 from kvstore.server.runtime import NodeRuntime, NodeStore, Plan, execute_write
@@ -146,6 +147,8 @@ class NodeDriver:
     # -- inputs (called from gRPC handlers on the same event loop) ------------------------
 
     def deliver(self, msg: Message) -> None:
+        if trace.ON:
+            trace.event(f"recv {msg.type.name}")
         if self.runtime.deliver(msg):
             self._wake.set()
 
@@ -158,6 +161,9 @@ class NodeDriver:
         sees of them; this node's local reads wait for that write (settled()), so a read
         here after the answer sees the write."""
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        if trace.ON:
+            trace.event("propose")
+            fut.add_done_callback(lambda _f: trace.event("answered"))
         if answer_early:
             self._early.add(fut)
             fut.add_done_callback(self._early.discard)
@@ -328,6 +334,8 @@ class NodeDriver:
             self._settle()
 
     async def _carry_out(self, plan: Plan) -> list[ApplyResult]:
+        if trace.ON:
+            trace.event("plan")
         if plan.send_now:
             self._send(plan.send_now)
         for peer, term in plan.snapshot_to:
@@ -335,6 +343,8 @@ class NodeDriver:
         results: list[ApplyResult] = []
         if plan.needs_write:
             results = await self._write(plan)
+        if trace.ON:
+            trace.event("write-done")
         if plan.send_after:
             self._send(plan.send_after)
         return results
@@ -388,6 +398,17 @@ class NodeDriver:
                        ) -> list[ApplyResult]:
         """execute_write, timed for metrics in the worker thread itself, so the duration
         is the write's and not the wait for a thread or for the event loop."""
+        if trace.ON:
+            trace.event("write-start")
+            try:
+                return self._timed_write(plan, on_applied)
+            finally:
+                trace.event("write-end")
+        return self._timed_write(plan, on_applied)
+
+    def _timed_write(self, plan: Plan,
+                     on_applied: Callable[[list[ApplyResult]], None] | None,
+                     ) -> list[ApplyResult]:
         if self.metrics is None:
             return execute_write(self.store, plan, on_applied)
         start = time.perf_counter()

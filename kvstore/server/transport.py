@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import grpc
 
 from kvstore.raft.types import Message
+from kvstore.server import trace
 from kvstore.server.identity import REMOVED_MEMBER, RefusalLog
 from kvstore.server.peer_frames import (
     MAX_HELLO_BYTES,
@@ -196,6 +197,8 @@ class PeerSender:
             frames = [frame(batch.SerializeToString())]
             while not queue.empty() and len(frames) < 1024:  # what waits goes in one write
                 frames.append(frame(queue.get_nowait().SerializeToString()))
+            if trace.ON:
+                trace.event("frame-out")
             writer.write(b"".join(frames) if len(frames) > 1 else frames[0])
             if transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
                 # The peer is not reading fast enough: wait, but not forever (a peer that
