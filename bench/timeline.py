@@ -6,8 +6,10 @@ node appends timestamped steps to a file), puts one key at a time to the leader,
 every put takes each step of each process inside the client's call (a step's second
 occurrence in the same call is "step #2", and so on: the leader plans and writes twice per
 put, once to append and once to apply; steps of the previous put that end after the client
-sent the next one show too). Followers are told apart per put by which received the append first ("follower A"
-is the one whose acknowledgement can commit the write). The median offset of each step
+sent the next one show too). Followers are told apart per put by which received the
+append (for a read, the heartbeat) first: "follower A" is the one whose answer can commit
+the write or confirm the read. `--op get` times linearizable gets (a ReadIndex round)
+instead. The median offset of each step
 from the client's send is printed in time order, with the median of the whole call.
 
 The trace costs a few microseconds per step; the figures are for finding where time
@@ -46,7 +48,7 @@ def read_traces(directory: Path) -> dict[int, list[tuple[int, str]]]:
 def timeline(traces: dict[int, list[tuple[int, str]]],
              calls: list[tuple[int, int]]) -> list[tuple[float, str, str, int]]:
     """(median offset in µs, process, step, how many puts had it), in time order."""
-    leaders = [pid for pid, evs in traces.items() if any(e == "propose" for _, e in evs)]
+    leaders = [pid for pid, evs in traces.items() if any(e == "rpc-in" for _, e in evs)]
     if len(leaders) != 1:
         raise RuntimeError(f"expected one leader among the traced processes, got {leaders}")
     leader = leaders[0]
@@ -63,7 +65,8 @@ def timeline(traces: dict[int, list[tuple[int, str]]],
                     seen[name if n == 1 else f"{name} #{n}"] = ns
             firsts[pid] = seen
         followers = sorted((pid for pid in traces if pid != leader),
-                           key=lambda p: firsts[p].get("recv APP", end + 1))
+                           key=lambda p: firsts[p].get("recv APP",
+                                                       firsts[p].get("recv HEARTBEAT", end + 1)))
         labels = {leader: "leader"}
         labels.update({pid: f"follower {'AB'[i]}" for i, pid in enumerate(followers[:2])})
         for pid, seen in firsts.items():
@@ -76,7 +79,9 @@ def timeline(traces: dict[int, list[tuple[int, str]]],
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__)
-    ap.add_argument("--puts", type=int, default=500)
+    ap.add_argument("--puts", type=int, default=500, help="operations to time")
+    ap.add_argument("--op", choices=("put", "get"), default="put",
+                    help="put, or linearizable get (ReadIndex)")
     ap.add_argument("--all", action="store_true",
                     help="also steps seen in fewer than half of the puts (heartbeats...)")
     args = ap.parse_args()
@@ -91,13 +96,18 @@ def main() -> None:
                     path.write_text("")  # keep only the measured puts
                 calls = []
                 for i in range(args.puts):
+                    key = b"warm-%d" % (i % 100)
                     start = time.monotonic_ns()
-                    client.put(b"key-%d" % (i % 100), b"v" * 16)
+                    if args.op == "put":
+                        client.put(key, b"v" * 16)
+                    else:
+                        client.get(key)
                     calls.append((start, time.monotonic_ns()))
         rows = timeline(read_traces(trace_dir), calls)
     finally:
         os.environ.pop("KVSTORE_TRACE", None)
-    print(f"median step times of {args.puts} sequential 16 B puts (µs from the client's send; "
+    what = "16 B puts" if args.op == "put" else "linearizable gets"
+    print(f"median step times of {args.puts} sequential {what} (µs from the client's send; "
           f"a step missing from some puts shows how many had it)")
     for offset, who, name, n in rows:
         if n < len(calls) / 2 and not args.all:

@@ -177,6 +177,9 @@ class NodeDriver:
         """A future for a linearizable read point: resolves once this node has applied
         through an index the leader confirmed after the request arrived."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if trace.ON:
+            trace.event("read-index")
+            fut.add_done_callback(lambda _f: trace.event("read-ready"))
         self.runtime.read_index(fut)
         self._wake.set()
         return fut
