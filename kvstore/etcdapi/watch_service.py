@@ -191,6 +191,9 @@ class WatchStream:
     async def _create(self, creq: pb.WatchCreateRequest) -> None:
         key = creq.key or b"\x00"  # etcd: an empty key is the smallest one
         range_end = creq.range_end
+        # A write answered early (NodeDriver.propose) may still be committing: "from now
+        # on" must start after it, as it would on etcd once the client had the answer.
+        await self.node.driver.settled()
         current = self.node.store.revisions()[0]
         error = ""
         if range_end and range_end != b"\x00" and key >= range_end:

@@ -6,6 +6,7 @@ filters, fragments; and a slow client only lags, never loses, repeats or reorder
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -68,11 +69,24 @@ class Log:
         return out, self.current + 1
 
 
+class Driver:
+    """NodeDriver.settled: open unless a test holds it (a write answered early and
+    still committing)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def settled(self) -> None:
+        await self.open.wait()
+
+
 class Node:
     """The parts of EtcdNode a watch stream uses."""
 
     def __init__(self, log: Log) -> None:
         self.store = log
+        self.driver = Driver()
 
     def header(self, revision: int | None = None) -> pb.ResponseHeader:
         return pb.ResponseHeader(member_id=7, revision=self.current()
@@ -87,10 +101,10 @@ def create(key: bytes, range_end: bytes = b"", **kw: Any) -> pb.WatchRequest:
                                                                 **kw))
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Log, Any]]:
-    log = Log()
-    service = EtcdWatchService(Node(log), log.hub, progress_interval=0.05,  # type: ignore[arg-type]
+@contextlib.asynccontextmanager
+async def serving(node: Node) -> AsyncIterator[Any]:
+    """The watch service of `node` on a loopback port; yields a Watch stub."""
+    service = EtcdWatchService(node, node.store.hub, progress_interval=0.05,  # type: ignore[arg-type]
                                max_bytes=400)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((generic_handler(WATCH, service.handlers()),))
@@ -98,10 +112,17 @@ async def served() -> AsyncIterator[tuple[Log, Any]]:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield log, stub(channel, WATCH)
+        yield stub(channel, WATCH)
     finally:
         await channel.close()
         await server.stop(None)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Log, Any]]:
+    log = Log()
+    async with serving(Node(log)) as watch:
+        yield log, watch
 
 
 async def read(call: Any, n: int = 1) -> list[pb.WatchResponse]:
@@ -271,3 +292,23 @@ async def test_a_slow_client_overtaken_by_compaction_is_canceled(
     assert revs == list(range(2, 2 + len(revs)))  # a gap-free prefix, then the cancel
     assert got[-1].compact_revision == log.compacted and not stream.watches
     await gen.aclose()
+
+
+async def test_a_watch_from_now_starts_after_a_write_still_committing() -> None:
+    """A put answered early may still be committing when its client creates a watch with
+    no start revision: the watch waits for it (NodeDriver.settled), so it starts after
+    the put, as on etcd, and does not report the client's own write back to it."""
+    log = Log()
+    node = Node(log)
+    node.driver.open.clear()  # a write answered early is committing
+    async with serving(node) as watch:
+        call = watch.Watch()
+        await call.write(create(b"a"))
+        await asyncio.sleep(0.1)  # the create request is in, waiting
+        committed = log.write((b"a", b"1"))  # ... until the write commits
+        node.driver.open.set()
+        (created,) = await read(call)
+        assert (created.created, created.header.revision) == (True, committed)
+        later = log.write((b"a", b"2"))
+        assert [keys(r) for r in await read(call)] == [[(PUT, b"a", later)]]
+        await call.done_writing()
