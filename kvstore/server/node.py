@@ -403,20 +403,14 @@ class NodeDriver:
         is the write's and not the wait for a thread or for the event loop."""
         if trace.ON:
             trace.event("write-start")
-            try:
-                return self._timed_write(plan, on_applied)
-            finally:
-                trace.event("write-end")
-        return self._timed_write(plan, on_applied)
-
-    def _timed_write(self, plan: Plan,
-                     on_applied: Callable[[list[ApplyResult]], None] | None,
-                     ) -> list[ApplyResult]:
-        if self.metrics is None:
-            return execute_write(self.store, plan, on_applied)
         start = time.perf_counter()
-        results = execute_write(self.store, plan, on_applied)
-        self.metrics.durable_write(time.perf_counter() - start)
+        try:
+            results = execute_write(self.store, plan, on_applied)
+        finally:
+            if trace.ON:
+                trace.event("write-end")
+        if self.metrics is not None:
+            self.metrics.durable_write(time.perf_counter() - start)
         return results
 
     # -- snapshots ----------------------------------------------------------------------

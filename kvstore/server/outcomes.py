@@ -4,7 +4,7 @@ shell and the simulator."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from kvstore.raft.types import Entry
@@ -55,22 +55,29 @@ def resolve_applied(
     waiting: dict[int, tuple[int, Waiter]],
     committed: Sequence[Entry],
     results: Sequence[ApplyResult],
-) -> None:
+    only: Callable[[Waiter], bool] | None = None,
+) -> int:
     """Answer the proposals waiting on `committed` entries, matched by (index, term) —
-    never by order: an entry replaced after a leader change fails its waiter."""
+    never by order: an entry replaced after a leader change fails its waiter. With
+    `only`, answer just the waiters it accepts and leave every waiter in `waiting` (an
+    early answer: the later full pass finds them done). Returns how many were answered."""
     by_index = {r.index: r for r in results}
+    answered = 0
     for e in committed:
-        entry_waiter = waiting.pop(e.index, None)
+        entry_waiter = (waiting.pop(e.index, None) if only is None
+                        else waiting.get(e.index))
         if entry_waiter is None:
             continue
         term, fut = entry_waiter
-        resolve_one(fut, e, term, by_index.get(e.index))
+        if fut.done() or (only is not None and not only(fut)):
+            continue
+        _resolve_one(fut, e, term, by_index.get(e.index))
+        answered += 1
+    return answered
 
 
-def resolve_one(fut: Waiter, entry: Entry, term: int, result: ApplyResult | None) -> None:
+def _resolve_one(fut: Waiter, entry: Entry, term: int, result: ApplyResult | None) -> None:
     """Answer one proposal (proposed in `term`) from the outcome of applying `entry`."""
-    if fut.done():
-        return
     if entry.term != term or result is None:
         fut.set_exception(LeadershipLost("the entry was replaced after a leader change"))
     elif result.stale:

@@ -55,7 +55,6 @@ from kvstore.server.outcomes import (
     SnapshotRefused,
     Waiter,
     resolve_applied,
-    resolve_one,
 )
 from kvstore.server.reconfig import MembershipRefused
 from kvstore.state import commands, membership
@@ -492,18 +491,8 @@ class NodeRuntime:
         state from seeing the state before the write is committed (NodeDriver.settled);
         ReadIndex reads wait for `applied_index`, which moves only in finish()."""
         assert plan is self._in_plan, "answer_early() takes the plan in progress"
-        by_index = {r.index: r for r in results}
-        answered = 0
-        for e in plan.ready.committed:
-            entry_waiter = self._waiting_entries.get(e.index)
-            if entry_waiter is None:
-                continue
-            term, fut = entry_waiter
-            if fut.done() or not eligible(fut):
-                continue
-            resolve_one(fut, e, term, by_index.get(e.index))
-            answered += 1
-        return answered
+        return resolve_applied(self._waiting_entries, plan.ready.committed, results,
+                               only=eligible)
 
     def finish(self, plan: Plan, results: Sequence[ApplyResult]) -> None:
         """The plan was carried out (its write is durable, `results` are the applied

@@ -135,23 +135,17 @@ class PeerSender:
             try:
                 reader, writer = await asyncio.wait_for(
                     open_peer_stream(host, port, self._metadata, self._tls), _CONNECT_TIMEOUT)
-            except PeerRefused as err:
-                refused = True
-                self._refused(err.code, str(err))
-            except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
-                    FrameError) as err:
-                log.debug("peer %s at %s not reachable: %s", self.peer_id, self.address, err)
-            else:
                 backoff = 0.05
                 try:
                     await self._stream(reader, writer)
-                except PeerRefused as err:
-                    refused = True
-                    self._refused(err.code, str(err))
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, FrameError) as err:
-                    log.debug("stream to %s ended: %s", self.peer_id, err or type(err).__name__)
                 finally:
                     writer.close()
+            except PeerRefused as err:  # at the hello, or told later that we were removed
+                refused = True
+                self._refused(err.code, str(err))
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, FrameError) as err:
+                log.debug("stream to %s at %s ended or not reachable: %s", self.peer_id,
+                          self.address, err or type(err).__name__)
             # Drop what piled up while the peer was unreachable; Raft resends once told.
             n = 0
             while not self.queue.empty():

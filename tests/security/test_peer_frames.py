@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kvstore.cluster.certs import make_ca, make_leaf
 from kvstore.raft.types import Message, MessageType
 from kvstore.server.config import PeerTLS
 from kvstore.server.identity import REMOVED_MEMBER, PeerGate
@@ -222,20 +221,6 @@ async def test_grpc_calls_share_the_port(port: PeerPort) -> None:
         await raft_pb2_grpc.RaftPeerStub(channel).InstallSnapshot(chunks(), metadata=_md(),
                                                                   timeout=10)
     assert port.snapshots == [("n2", 3, b"state")]
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
-    """A peer CA with certificates of CN "n1" and "n2", and a foreign CA's "n2"."""
-    ca, ca_key = make_ca("peer CA", tmp_path, "peer-ca")
-    files = {"ca": ca}
-    for cn in ("n1", "n2"):
-        make_leaf(ca, ca_key, cn, tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key")
-        files[cn] = str(tmp_path / cn)
-    other, other_key = make_ca("other CA", tmp_path, "other-ca")
-    make_leaf(other, other_key, "n2", tmp_path / "other.crt", tmp_path / "other.key")
-    files["other"] = str(tmp_path / "other")
-    return files
 
 
 def _tls(pki: dict[str, str], who: str, allowed_cn: str | None = None) -> PeerTLS:

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kvstore.cluster.certs import ensure_cluster_certs, make_ca, make_leaf
+from kvstore.cluster.certs import ensure_cluster_certs
 from kvstore.server.config import PeerTLS
 from kvstore.server.tls import (
     AllowedCNInterceptor,
@@ -70,20 +70,6 @@ def test_missing_peer_files_name_the_flag(tmp_path: Path) -> None:
 class _Admin(admin_pb2_grpc.AdminServicer):
     async def Digest(self, request, context):  # noqa: N802
         return admin_pb2.DigestResponse(node_id="n1")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
-    """A peer CA with certificates of CN "n1" and "kvstore-peer", and a foreign CA."""
-    ca, ca_key = make_ca("peer CA", tmp_path, "peer-ca")
-    files = {"ca": ca}
-    for cn in ("n1", "kvstore-peer"):
-        make_leaf(ca, ca_key, cn, tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key")
-        files[cn] = str(tmp_path / cn)
-    other, other_key = make_ca("other CA", tmp_path, "other-ca")
-    make_leaf(other, other_key, "kvstore-peer", tmp_path / "other.crt", tmp_path / "other.key")
-    files["other-ca"], files["other"] = other, str(tmp_path / "other")
-    return files
 
 
 async def _peer_server(pki: dict[str, str], allowed_cn: str | None
